@@ -1,0 +1,36 @@
+"""cnnlens: see inside a convolutional network, live in a notebook, on any PyTorch model.
+
+    import cnnlens as cl
+    model, data = cl.zoo.shapes()
+    img, label, mask = data[0]
+    cl.gradcam(model, img).map        # H×W heatmap at input resolution
+"""
+
+from . import zoo
+from .core.model import InputSpec, LayerInfo, configure
+from .core.objectives import Objective, channel, direction, logit, neuron, predicted, prob
+from .core.progress import CancelToken, Cancelled
+from .core.results import Explanation, Prediction
+from .core.session import layers
+from .explain import (
+    METHODS,
+    cam,
+    deconvnet,
+    gradcam,
+    guided_backprop,
+    input_x_gradient,
+    integrated_gradients,
+    lime,
+    occlusion,
+    saliency,
+    smoothgrad,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS", "CancelToken", "Cancelled", "Explanation", "InputSpec", "LayerInfo", "Objective", "Prediction",
+    "cam", "channel", "configure", "deconvnet", "direction", "gradcam", "guided_backprop", "input_x_gradient",
+    "integrated_gradients", "layers", "lime", "logit", "neuron", "occlusion", "predicted", "prob", "saliency",
+    "smoothgrad", "zoo",
+]

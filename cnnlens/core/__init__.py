@@ -1,0 +1,1 @@
+"""The engine: knows models, never draws."""

@@ -1,0 +1,64 @@
+"""Capturing activations, always inside a context manager.
+
+``capture(net, names)`` hooks the named modules of a shadow net and removes
+every handle on exit (success, exception or KeyboardInterrupt), then forgets
+the stored tensors. The hook hands downstream layers a copy of the output, so
+an in-place op later in the network (``ReLU(inplace=True)``) cannot overwrite
+the captured activation; gradients flow through the copy unchanged.
+
+``stop_below`` makes the forward build no autograd graph until that layer's
+output: Grad-CAM then backpropagates only down to its layer, and the part of
+the network below it runs at inference cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Capture:
+    """Activations recorded in one forward, by layer name (a reused module keeps its last call)."""
+
+    def __init__(self) -> None:
+        self.activations: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.activations:
+            raise RuntimeError(f"Layer {name!r} did not run in the forward pass, so it has no activation.")
+        return self.activations[name]
+
+
+@contextmanager
+def capture(net: nn.Module, names: Iterable[str], stop_below: str | None = None) -> Iterator[Capture]:
+    """Record the outputs of ``names`` in ``net`` during forwards run inside the block."""
+    store = Capture()
+    handles = []
+    names = set(names) | ({stop_below} if stop_below else set())
+    grad_mode = torch.is_grad_enabled()
+
+    def hook(name: str, _module: nn.Module, _inputs: Any, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor):
+            return None
+        if name == stop_below:
+            torch.set_grad_enabled(True)
+            output = output.detach().requires_grad_(True)
+        store.activations[name] = output
+        return output.clone()
+
+    try:
+        for name in names:
+            module = net.get_submodule(name)
+            handles.append(module.register_forward_hook(lambda m, i, o, name=name: hook(name, m, i, o)))
+        if stop_below is not None:
+            torch.set_grad_enabled(False)
+        yield store
+    finally:
+        torch.set_grad_enabled(grad_mode)
+        for handle in handles:
+            handle.remove()
+        store.activations.clear()

@@ -1,0 +1,186 @@
+"""Images in and out: any image → float tensor in [0, 1]; maps → uint8 RGB.
+
+Accepted inputs: tensors (C×H×W or B×C×H×W), numpy arrays (H×W×C, C×H×W or
+H×W; uint8 or float), PIL images, file paths, and lists of any of these.
+Grayscale is repeated to three channels and RGBA loses its alpha when the
+model wants RGB. Matplotlib is imported lazily and only for its colormaps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Batch:
+    """A prepared batch: ``x`` (B×C×H×W at the model's size), each image's original size, and whether one image came in."""
+
+    x: torch.Tensor
+    sizes: list[tuple[int, int]]
+    single: bool
+
+
+def _pil_to_array(image: Any) -> np.ndarray:
+    if image.mode not in ("RGB", "RGBA", "L", "LA"):
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def _one_image(image: Any) -> torch.Tensor:
+    """One image → C×H×W float tensor (values as given for float input; uint8 scaled to [0, 1])."""
+    if isinstance(image, (str, Path)):
+        from PIL import Image
+
+        path = Path(image)
+        if not path.is_file():
+            raise ValueError(f"x: no image file at {str(path)!r}.")
+        with Image.open(path) as opened:
+            image = _pil_to_array(opened)
+    elif type(image).__module__.startswith("PIL."):
+        image = _pil_to_array(image)
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.dtype == np.uint8:
+            array = array.astype(np.float32) / 255.0
+        elif not np.issubdtype(array.dtype, np.floating):
+            raise TypeError(f"x: numpy images must be uint8 or float, got {array.dtype}.")
+        if array.ndim == 2:
+            array = array[None]
+        elif array.ndim == 3 and array.shape[-1] in (1, 2, 3, 4) and array.shape[0] not in (1, 2, 3, 4):
+            array = array.transpose(2, 0, 1)  # H×W×C → C×H×W
+        elif array.ndim != 3:
+            raise ValueError(f"x: a numpy image must be H×W, H×W×C or C×H×W, got shape {array.shape}.")
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if isinstance(image, torch.Tensor):
+        if image.dim() == 2:
+            image = image[None]
+        if image.dim() != 3:
+            raise ValueError(f"x: an image tensor must be C×H×W, got shape {tuple(image.shape)}.")
+        if not image.is_floating_point():
+            image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        return image
+    raise TypeError("x must be a tensor, numpy array, PIL image, file path, or a list of these; "
+                    f"got {type(image).__name__}.")
+
+
+def _fit_channels(image: torch.Tensor, channels: int | None, rgb_like: bool) -> torch.Tensor:
+    c = image.shape[0]
+    if channels is None or c == channels:
+        return image
+    if channels == 3 and c == 1:
+        return image.expand(3, -1, -1)
+    if channels == 3 and c in (2, 4) and rgb_like:
+        return image[:3] if c == 4 else image[:1].expand(3, -1, -1)  # drop alpha
+    if channels == 1 and c in (3, 4) and rgb_like:
+        return (image[:3] * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1).to(image)).sum(0, keepdim=True)
+    raise ValueError(f"x has {c} channels; the model expects {channels} (its first convolution's in_channels).")
+
+
+def to_batch(x: Any, *, channels: int | None, size: tuple[int, int] | None,
+             device: torch.device, dtype: torch.dtype) -> Batch:
+    """Turn any supported image input into a :class:`Batch` on ``device``."""
+    single = True
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        images, single = list(x), False
+    elif isinstance(x, np.ndarray) and x.ndim == 4:
+        images, single = list(x), False
+    elif isinstance(x, (list, tuple)):
+        if not x:
+            raise ValueError("x is an empty list; give at least one image.")
+        images, single = list(x), False
+    else:
+        images = [x]
+    tensors = []
+    for image in images:
+        rgb_like = not isinstance(image, torch.Tensor)
+        tensors.append(_fit_channels(_one_image(image), channels, rgb_like))
+    sizes = [tuple(t.shape[-2:]) for t in tensors]
+    if any(min(s) < 1 for s in sizes):
+        raise ValueError(f"x has an empty spatial size {sizes[0]}.")
+    target = size
+    if target is None and len(set(sizes)) > 1:
+        raise ValueError(f"x: images of different sizes {sorted(set(sizes))} need a common input_size; "
+                         "set one with cnnlens.configure(model, input_size=...).")
+    out = []
+    for t in tensors:
+        t = t.to(device=device, dtype=dtype)
+        if target is not None and tuple(t.shape[-2:]) != tuple(target):
+            t = F.interpolate(t[None], size=target, mode="bilinear", align_corners=False, antialias=True)[0]
+        out.append(t)
+    return Batch(torch.stack(out), sizes, single)
+
+
+def resize_map(m: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize a B×h×w (or h×w) map to ``size``; ``mode='nearest'`` for labels."""
+    squeeze = m.dim() == 2
+    m4 = m[None, None] if squeeze else m[:, None]
+    if tuple(m4.shape[-2:]) != tuple(size):
+        if mode == "nearest":
+            m4 = F.interpolate(m4.float(), size=size, mode="nearest").to(m.dtype)
+        else:
+            m4 = F.interpolate(m4.float(), size=size, mode="bilinear", align_corners=False)
+    return m4[0, 0] if squeeze else m4[:, 0]
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """C×H×W float in [0, 1] → H×W×3 uint8 (gray repeated)."""
+    array = image.detach().float().cpu().clamp(0, 1)
+    if array.shape[0] == 1:
+        array = array.expand(3, -1, -1)
+    return (array[:3].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def colorize(m: torch.Tensor, cmap: str = "magma", signed: bool = False,
+             vmax: float | None = None) -> np.ndarray:
+    """An H×W map → H×W×3 uint8 through a matplotlib colormap (``signed``: symmetric around 0)."""
+    from matplotlib import colormaps
+
+    values = m.detach().float().cpu().numpy()
+    if signed:
+        scale = vmax or float(np.abs(values).max()) or 1.0
+        norm = 0.5 + 0.5 * values / scale
+    else:
+        low = float(values.min())
+        scale = (vmax - low) if vmax is not None else float(values.max() - low)
+        norm = (values - low) / (scale or 1.0)
+    rgba = colormaps[cmap](np.clip(norm, 0, 1))
+    return (rgba[..., :3] * 255 + 0.5).astype(np.uint8)
+
+
+def overlay(image: torch.Tensor, m: torch.Tensor, cmap: str = "magma", alpha: float = 0.55,
+            signed: bool = False) -> np.ndarray:
+    """Heatmap ``m`` blended over ``image`` (C×H×W in [0, 1]) → H×W×3 uint8."""
+    heat = colorize(m, cmap, signed).astype(np.float32)
+    base = to_uint8(image).astype(np.float32)
+    return (base * (1 - alpha) + heat * alpha + 0.5).astype(np.uint8)
+
+
+def label_colors(n: int) -> np.ndarray:
+    """``n`` distinct RGB uint8 colours for categorical maps (occlusion's label map)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return (np.array([cmap(i % cmap.N)[:3] for i in range(n)]) * 255).astype(np.uint8)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a B×C×H×W tensor (reflect padding)."""
+    radius = max(int(3 * sigma), 1)
+    grid = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (grid / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    pad = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
+    if pad < radius:
+        kernel = kernel[radius - pad: radius + pad + 1]
+        kernel = kernel / kernel.sum()
+    y = F.pad(x, (pad, pad, 0, 0), mode="reflect")
+    y = F.conv2d(y, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    y = F.pad(y, (0, 0, pad, pad), mode="reflect")
+    return F.conv2d(y, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)

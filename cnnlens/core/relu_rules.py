@@ -1,0 +1,96 @@
+"""Guided-backprop and DeconvNet backward rules, without swapping any module.
+
+A ``TorchFunctionMode`` sees every rectifier call made during a forward —
+``nn.ReLU`` (in place or not), ``F.relu``, ``torch.relu``, ``x.relu_()`` — and
+routes it through an autograd Function whose forward is the ordinary ReLU and
+whose backward is the rule. Reused modules, functional calls and in-place
+ReLUs all work; max-pool switches come from autograd for free.
+
+- guided backprop (Springenberg et al.): pass gradient where both the forward
+  input was positive and the incoming gradient is positive;
+- DeconvNet (Zeiler & Fergus): rectify the backward signal, ignoring the
+  forward input.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+RULES = ("guided", "deconvnet")
+
+
+class _Guided(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = x.clamp(min=0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (out > 0)
+
+
+class _GuidedInPlace(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.mark_dirty(x)
+        x.clamp_(min=0)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (out > 0)
+
+
+class _Deconv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(min=0)
+
+
+class _DeconvInPlace(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.mark_dirty(x)
+        return x.clamp_(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(min=0)
+
+
+_OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu}
+_IN_PLACE = {F.relu_, torch.relu_, torch.Tensor.relu_}
+_FUNCTIONS = {"guided": (_Guided, _GuidedInPlace), "deconvnet": (_Deconv, _DeconvInPlace)}
+
+
+class ReLURule(TorchFunctionMode):
+    """Inside ``with ReLURule("guided"):`` every ReLU call backpropagates with that rule."""
+
+    def __init__(self, rule: str):
+        super().__init__()
+        if rule not in _FUNCTIONS:
+            raise ValueError(f"Unknown ReLU rule {rule!r}. Valid rules: {', '.join(RULES)}.")
+        self.rule = rule
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _OUT_OF_PLACE or func in _IN_PLACE:
+            x = args[0]
+            inplace = func in _IN_PLACE or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+            if isinstance(x, torch.Tensor) and torch.is_grad_enabled() and x.requires_grad:
+                self.calls += 1
+                plain, in_place = _FUNCTIONS[self.rule]
+                return (in_place if inplace else plain).apply(x)
+        return func(*args, **kwargs)

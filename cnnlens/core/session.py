@@ -1,0 +1,158 @@
+"""One look at a model: its shadow, input spec, layer table and a checked forward.
+
+Every method opens ``with look(model) as s:`` and then only touches ``s.net``
+(the shadow), so the user's model is never run, hooked or switched to eval.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .images import Batch, to_batch
+from .model import InputSpec, LayerInfo, expected_channels, find_layer, probe_layers, spec_of, unwrap
+from .results import Prediction
+from .shadow import copyable, guarded, shadow
+
+_TABLES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], list[LayerInfo]]] = weakref.WeakKeyDictionary()
+
+
+def select_output(out: Any, selector: Any) -> torch.Tensor:
+    """The logits inside a model's output, using the selector given to ``configure(model, output=...)``."""
+    if selector is None:
+        if isinstance(out, torch.Tensor):
+            return out
+        raise TypeError(f"The model returned a {type(out).__name__}, not a tensor. Tell cnnlens where the logits "
+                        "are: cnnlens.configure(model, output=0) for a tuple, output='logits' for a dict key or "
+                        "attribute, or output=lambda out: ... .")
+    if callable(selector):
+        return selector(out)
+    if isinstance(out, dict):
+        if selector not in out:
+            raise ValueError(f"output={selector!r} is not a key of the model's output; keys: {', '.join(map(str, out))}.")
+        return out[selector]
+    if isinstance(selector, str):
+        if not hasattr(out, selector):
+            raise ValueError(f"output={selector!r}: the model's {type(out).__name__} output has no such attribute.")
+        return getattr(out, selector)
+    return out[selector]
+
+
+class Session:
+    """A model seen through cnnlens: ``net`` is what runs (the shadow, or the guarded model itself)."""
+
+    def __init__(self, model: nn.Module, net: nn.Module, is_shadow: bool):
+        self.model = model
+        self.net = net
+        self.is_shadow = is_shadow
+        self.spec: InputSpec = spec_of(model)
+        self.channels = expected_channels(model)
+        ref = next(iter(model.parameters()), None) or next(iter(model.buffers()), None)
+        self.device = ref.device if ref is not None else torch.device("cpu")
+        self.dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+        self._norm = None
+        if self.spec.mean is not None:
+            shape = (1, -1, 1, 1)
+            self._norm = (torch.tensor(self.spec.mean, device=self.device, dtype=self.dtype).view(shape),
+                          torch.tensor(self.spec.std, device=self.device, dtype=self.dtype).view(shape))
+
+    # --- input and output ---------------------------------------------------------------------
+
+    def prepare(self, x: Any) -> Batch:
+        """Any image input → a :class:`Batch` at the model's size, on its device."""
+        return to_batch(x, channels=self.channels, size=self.spec.input_size, device=self.device, dtype=self.dtype)
+
+    def raw_forward(self, x: torch.Tensor) -> Any:
+        """The network's own output for [0, 1] images ``x`` (normalized first when the spec says so)."""
+        if self._norm is not None:
+            x = (x - self._norm[0]) / self._norm[1]
+        try:
+            return self.net(x)
+        except RuntimeError as error:
+            text = str(error)
+            if any(word in text for word in ("size", "shape", "Expected", "channels")):
+                raise ValueError(f"x of size {tuple(x.shape[-2:])} does not fit the model ({text.splitlines()[0]}). "
+                                 "Resize it, or set cnnlens.configure(model, input_size=(H, W)).") from error
+            raise
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Checked B×K logits for ``x``: NaN/Inf or a wrong shape is a clear ValueError."""
+        out = select_output(self.raw_forward(x), self.spec.output)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"The selected model output is a {type(out).__name__}, not a tensor of logits.")
+        if out.dim() > 2 and all(s == 1 for s in out.shape[2:]):
+            out = out.flatten(1)
+        if out.dim() != 2:
+            raise ValueError(f"The model's output has shape {tuple(out.shape)}; cnnlens needs B×K class scores.")
+        if not torch.isfinite(out).all():
+            raise ValueError("The model's output contains NaN or Inf for this input; "
+                             "check the input's range and the model's weights.")
+        return out
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        return self.spec.classes
+
+    def class_name(self, index: int) -> str:
+        classes = self.spec.classes
+        return classes[index] if classes is not None and 0 <= index < len(classes) else str(index)
+
+    def predictions(self, logits: torch.Tensor, k: int = 5) -> list[list[Prediction]]:
+        """Top-``k`` predictions (index, name, probability) for each row of ``logits``."""
+        probs = torch.softmax(logits.detach().float(), dim=1)
+        top = probs.topk(min(k, probs.shape[1]), dim=1)
+        return [[Prediction(int(i), self.class_name(int(i)), float(p)) for p, i in zip(ps, idx)]
+                for ps, idx in zip(top.values.cpu(), top.indices.cpu())]
+
+    # --- layers -------------------------------------------------------------------------------
+
+    def layers(self, size: tuple[int, int] | None = None) -> list[LayerInfo]:
+        """The layer table for inputs of ``size`` (probed once, cached with the shadow)."""
+        size = tuple(size or self.spec.input_size or (224, 224))
+        tables = _TABLES.setdefault(self.net, {})
+        if size not in tables:
+            probe = torch.full((1, self.channels or 3, *size), 0.5, device=self.device, dtype=self.dtype)
+            tables[size] = probe_layers(self.net, self.raw_forward, probe)
+        return tables[size]
+
+    def layer(self, name: str | None, size: tuple[int, int], *, spatial: bool = True,
+              argument: str = "layer") -> LayerInfo:
+        """Resolve a layer name (None = the last spatial layer) or raise a ValueError listing valid ones."""
+        if not self.is_shadow:
+            raise TypeError(f"{argument}: layers of a TorchScript model cannot be hooked; "
+                            "this method needs an eager nn.Module.")
+        return find_layer(self.layers(size), name, spatial=spatial, argument=argument)
+
+    def module(self, name: str) -> nn.Module:
+        return self.net.get_submodule(name)
+
+
+@contextmanager
+def look(model: nn.Module) -> Iterator[Session]:
+    """Open a :class:`Session` on ``model``: the shadow when possible, else the guarded model."""
+    model = unwrap(model)
+    if copyable(model):
+        yield Session(model, shadow(model), is_shadow=True)
+    else:
+        with guarded(model) as net:
+            yield Session(model, net, is_shadow=False)
+
+
+def layers(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> list[LayerInfo]:
+    """Every module that runs in a forward: name, kind, output shape, channels, receptive field.
+
+    Found by one probe forward on the model's shadow at ``input_size`` (default:
+    the configured size, else 224×224). Wrappers (DataParallel, DDP,
+    torch.compile) are unwrapped; the model itself is not touched.
+    """
+    if isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    with look(model) as session:
+        if not session.is_shadow:
+            raise TypeError("layers: a TorchScript model's modules cannot be hooked; pass the eager nn.Module.")
+        return list(session.layers(input_size))

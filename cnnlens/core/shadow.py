@@ -1,0 +1,100 @@
+"""The side-effect-free view of a user's model.
+
+A *shadow* is a structural copy of the module tree: new module objects whose
+parameter and buffer dicts point at the user's very tensors (no weight memory
+is copied, and updates by a training loop show up live), set to eval mode,
+with the user's hooks left out. cnnlens runs and hooks only the shadow, so the
+user's modules, flags and hooks are never touched, and BatchNorm in eval mode
+only reads its running statistics.
+
+Modules that cannot be copied this way (TorchScript) are run through a
+*guarded* path instead: the eval flags are set on the model itself and
+restored, exactly, on exit.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .model import unwrap
+
+_HOOK_SAFELIST_MODULE = "torch.nn.utils"  # weight_norm / spectral_norm compute weights in pre-hooks
+
+
+def _fresh_hooks(value: dict) -> dict:
+    """An empty hook dict of the same type, keeping only torch's own weight-reparametrization hooks."""
+    kept = type(value)()
+    for key, hook in value.items():
+        if type(hook).__module__.startswith(_HOOK_SAFELIST_MODULE):
+            kept[key] = hook
+    return kept
+
+
+def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+    if id(module) in memo:  # a module used in two places stays one module in the shadow
+        return memo[id(module)]
+    clone = module.__class__.__new__(module.__class__)
+    state = dict(module.__dict__)
+    for key, value in module.__dict__.items():
+        if "hooks" in key and isinstance(value, dict):
+            state[key] = _fresh_hooks(value)
+    state["_is_full_backward_hook"] = None
+    state["_parameters"] = type(module._parameters)(module._parameters)
+    state["_buffers"] = type(module._buffers)(module._buffers)
+    state["_modules"] = type(module._modules)(
+        (name, None if child is None else _copy_tree(child, memo)) for name, child in module._modules.items()
+    )
+    state["training"] = False
+    clone.__dict__ = state
+    memo[id(module)] = clone
+    return clone
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    """Identity of every module, parameter and buffer: changes when the user swaps any of them."""
+    return tuple(
+        (id(m), tuple(map(id, m._parameters.values())), tuple(map(id, m._buffers.values())),
+         tuple(map(id, m._modules.values())))
+        for m in model.modules()
+    )
+
+
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def copyable(model: nn.Module) -> bool:
+    """False for module trees the shadow cannot copy (TorchScript)."""
+    return not any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+
+
+def shadow(model: nn.Module) -> nn.Module:
+    """The eval-mode, hook-free shadow of ``model`` (cached while its structure is unchanged)."""
+    model = unwrap(model)
+    if not copyable(model):
+        raise TypeError(f"{type(model).__name__} is a TorchScript module and cannot be shadowed; "
+                        "use cnnlens.core.shadow.guarded(model).")
+    key = _fingerprint(model)
+    cached = _CACHE.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    net = _copy_tree(model, {})
+    _CACHE[model] = (key, net)
+    return net
+
+
+@contextmanager
+def guarded(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` itself in eval mode, restoring every module's ``training`` flag on any exit."""
+    model = unwrap(model)
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for module, flag in flags:
+            module.train(flag) if isinstance(module, torch.jit.ScriptModule) else setattr(module, "training", flag)

@@ -1,0 +1,129 @@
+"""Shared steps of the local-explanation methods: targets, input gradients, results."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from ..core.hooks import capture
+from ..core.images import Batch, resize_map
+from ..core.objectives import Logit, Objective, Predicted, _Sum, as_objective
+from ..core.progress import Steps
+from ..core.relu_rules import ReLURule
+from ..core.results import Explanation
+from ..core.session import Session
+
+
+def objective_for(session: Session, target: Any, size: tuple[int, int]) -> Objective:
+    """The target as an Objective, with every layer it names checked against the model."""
+    objective = as_objective(target, session.class_name)
+    for name in objective.layers:
+        session.layer(name, size, spatial=False, argument="target layer")
+    return objective
+
+
+def generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A private RNG (the global one is never touched); fresh entropy when ``seed`` is None."""
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}.")
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(7), "little"))
+    return gen
+
+
+def positive_int(value: Any, argument: str, minimum: int = 1) -> int:
+    """``value`` as an int ≥ ``minimum``, or a ValueError/TypeError naming ``argument``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{argument} must be an int, got {type(value).__name__}.")
+    if value < minimum:
+        raise ValueError(f"{argument} must be ≥ {minimum}, got {value}.")
+    return value
+
+
+def input_gradient(session: Session, x: torch.Tensor, objective: Objective, rule: str | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """d objective / d x for each image (one forward + one backward), and the forward's logits."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad(), capture(session.net, objective.layers) as cap, \
+            (ReLURule(rule) if rule else nullcontext()):
+        logits = session.logits(x)
+        score = objective(cap.activations, logits)
+        (grad,) = torch.autograd.grad(score.sum(), x)
+    return grad, logits.detach()
+
+
+def explanation(session: Session, batch: Batch, maps: torch.Tensor, raw: torch.Tensor | None, *,
+                method: str, objective: Objective, layer: str | None, params: Mapping[str, Any],
+                logits: torch.Tensor, extras: Mapping[str, Any] | None = None,
+                label_maps: tuple[str, ...] = (), resized: tuple[str, ...] = ()) -> Explanation:
+    """Package B×h×w maps as an :class:`Explanation` at the input's resolution.
+
+    ``extras`` hold per-image values (batch-first tensors or lists); for one
+    image the batch dimension is dropped everywhere. ``label_maps`` names the
+    extras that are categorical maps (resized by nearest neighbour),
+    ``resized`` the continuous maps resized like ``maps``.
+    """
+    size = batch.sizes[0] if len(set(batch.sizes)) == 1 else tuple(batch.x.shape[-2:])
+    maps = resize_map(maps.detach().float(), size).cpu()
+    extras = dict(extras or {})
+    for key in label_maps:
+        extras[key] = resize_map(extras[key], size, mode="nearest").cpu()
+    for key in resized:
+        extras[key] = resize_map(extras[key].float(), size).cpu()
+    predictions = session.predictions(logits)
+    if raw is not None:
+        raw = raw.detach().cpu()
+    if batch.single:
+        maps, predictions = maps[0], predictions[0]
+        raw = raw[0] if raw is not None else None
+        extras = {k: v[0] for k, v in extras.items()}
+    return Explanation(map=maps, raw=raw, method=method, target=objective.description, layer=layer,
+                       params=dict(params), predictions=predictions, extras=extras)
+
+
+def fixed_target(objective: Objective, logits: torch.Tensor) -> Objective:
+    """Pin "predicted class" to the class predicted on the clean input (for methods that perturb it)."""
+    if isinstance(objective, Predicted):
+        return Logit(logits.argmax(1).cpu(), "predicted class")
+    return objective
+
+
+def tiled(objective: Objective, k: int) -> Objective:
+    """The objective for a batch made of ``k`` stacked copies of the original batch."""
+    if isinstance(objective, Logit) and isinstance(objective.index, torch.Tensor) and objective.index.numel() > 1:
+        clone = copy.copy(objective)
+        clone.index = objective.index.repeat(k)
+        return clone
+    if isinstance(objective, _Sum):
+        clone = copy.copy(objective)
+        clone.terms = [(c, tiled(t, k)) for c, t in objective.terms]
+        return clone
+    return objective
+
+
+def summed_gradients(session: Session, points: torch.Tensor, objective: Objective, weights: torch.Tensor,
+                     batch_size: int, steps: Steps, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+                     ) -> torch.Tensor:
+    """Σ_s weights[s] · transform(d objective / d x) at ``points[s]`` (S×B×C×H×W).
+
+    Gradients are taken in chunks of about ``batch_size`` images; each chunk
+    advances ``steps`` (progress and cancellation) by its number of points.
+    """
+    n_points, b = points.shape[:2]
+    per_chunk = max(batch_size // b, 1)
+    total = torch.zeros_like(points[0])
+    for start in range(0, n_points, per_chunk):
+        chunk = points[start:start + per_chunk]
+        k = chunk.shape[0]
+        grad, _ = input_gradient(session, chunk.reshape(k * b, *chunk.shape[2:]), tiled(objective, k))
+        if transform is not None:
+            grad = transform(grad)
+        w = weights[start:start + k].to(grad).view(k, 1, *([1] * (grad.dim() - 1)))
+        total += (grad.view(k, b, *grad.shape[1:]) * w).sum(0)
+        steps.advance(k)
+    return total

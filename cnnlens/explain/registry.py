@@ -1,0 +1,69 @@
+"""The registry of local-explanation methods, read by the widgets to fill their controls.
+
+Adding a method = one module plus one entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cam import cam
+from .deconvnet import deconvnet
+from .gradcam import gradcam
+from .guided_backprop import guided_backprop
+from .input_x_gradient import input_x_gradient
+from .integrated_gradients import integrated_gradients
+from .lime import lime
+from .occlusion import MASK_VALUES, occlusion
+from .saliency import saliency
+from .smoothgrad import smoothgrad
+
+
+@dataclass(frozen=True)
+class Control:
+    """One user-settable option of a method, as a widget should offer it."""
+
+    name: str
+    kind: str  # "int", "float" or "choice"
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A method as the widgets see it."""
+
+    name: str
+    label: str
+    function: Callable[..., Any]
+    summary: str
+    has_layer: bool = False
+    signed: bool = False
+    long_running: bool = False
+    controls: tuple[Control, ...] = field(default_factory=tuple)
+
+
+METHODS: dict[str, MethodInfo] = {m.name: m for m in (
+    MethodInfo("saliency", "Gradient saliency", saliency, "max |∂score/∂pixel| over colour channels"),
+    MethodInfo("smoothgrad", "SmoothGrad", smoothgrad, "saliency averaged over noisy copies", long_running=True,
+               controls=(Control("noise", "float", 0.15, 0.0, 0.5, 0.01), Control("samples", "int", 25, 1, 200, 1))),
+    MethodInfo("integrated_gradients", "Integrated Gradients", integrated_gradients,
+               "gradients integrated from a black baseline", signed=True, long_running=True,
+               controls=(Control("steps", "int", 32, 2, 256, 1),)),
+    MethodInfo("input_x_gradient", "Input × gradient", input_x_gradient, "pixel value times gradient", signed=True),
+    MethodInfo("guided_backprop", "Guided backprop", guided_backprop, "gradient with guided ReLU backward"),
+    MethodInfo("deconvnet", "DeconvNet", deconvnet, "Zeiler & Fergus projection to pixels"),
+    MethodInfo("cam", "CAM", cam, "class activation map of a GAP + linear head", has_layer=True),
+    MethodInfo("gradcam", "Grad-CAM", gradcam, "gradient-weighted activation map", has_layer=True),
+    MethodInfo("occlusion", "Occlusion", occlusion, "target probability under a sliding gray square",
+               long_running=True,
+               controls=(Control("mask_size", "int", 16, 1, 64, 1), Control("stride", "int", 4, 1, 32, 1),
+                         Control("mask_value", "choice", "gray", choices=MASK_VALUES))),
+    MethodInfo("lime", "LIME", lime, "local linear surrogate on superpixels", signed=True, long_running=True,
+               controls=(Control("samples", "int", 300, 10, 2000, 10), Control("features", "int", 5, 1, 40, 1))),
+)}
