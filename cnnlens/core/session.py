@@ -52,7 +52,8 @@ class Session:
         self.is_shadow = is_shadow
         self.spec: InputSpec = spec_of(model)
         self.channels = expected_channels(model)
-        ref = next(iter(model.parameters()), None) or next(iter(model.buffers()), None)
+        ref = next(iter(model.parameters()), None)
+        ref = ref if ref is not None else next(iter(model.buffers()), None)
         self.device = ref.device if ref is not None else torch.device("cpu")
         self.dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
         self._norm = None

@@ -1,0 +1,131 @@
+"""Agreement with reference implementations: captum, pytorch-grad-cam and torchcam.
+
+The references run on a deep copy with out-of-place ReLUs (captum's module
+hooks need that, and pytorch-grad-cam calls ``model.eval()`` on what it is
+given); cnnlens runs on the original model, in-place ReLUs and all.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from captum.attr import (
+    Deconvolution,
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+import cnnlens as cl
+
+from .conftest import random_model
+
+GRADIENT_ARCHS = ("default", "resnet18", "vgg11_bn", "alexnet", "mobilenet_v3_small", "densenet121")
+RELU_MODULE_ARCHS = ("default", "resnet18", "vgg11_bn", "alexnet", "mobilenet_v3_small")  # no functional F.relu
+CAM_LAYERS = {"default": "stage4", "resnet18": "layer4", "vgg11_bn": "features.27", "alexnet": "features.10",
+              "mobilenet_v3_small": "features.12", "densenet121": "features.denseblock4"}
+SIZE = {"default": 64, "alexnet": 128}
+
+
+def _setup(arch: str, default_model):
+    if arch == "default":
+        model = default_model
+    else:
+        model = random_model(arch)
+    size = SIZE.get(arch, 64)
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(3))
+    reference = copy.deepcopy(model).eval()
+    for module in reference.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = False
+    return model, reference, x
+
+
+@pytest.fixture(scope="module")
+def default_model(default):
+    return default[0]
+
+
+def close(ours: torch.Tensor, theirs: torch.Tensor, rtol: float = 1e-4) -> None:
+    scale = float(theirs.abs().max()) or 1.0
+    torch.testing.assert_close(ours.float(), theirs.float().detach(), rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("arch", GRADIENT_ARCHS)
+def test_gradient_methods_match_captum(arch, default_model):
+    model, reference, x = _setup(arch, default_model)
+    target = [1, 3]
+    close(cl.saliency(model, x, target).raw.abs(), Saliency(reference).attribute(x, target=target, abs=True))
+    close(cl.input_x_gradient(model, x, target).raw, InputXGradient(reference).attribute(x, target=target))
+    ours = cl.integrated_gradients(model, x, target, steps=16, batch_size=8)
+    theirs = IntegratedGradients(reference).attribute(x, baselines=0.0, target=target, n_steps=16,
+                                                     method="gausslegendre", internal_batch_size=8)
+    close(ours.raw, theirs, rtol=1e-3)
+    trapezoid = cl.integrated_gradients(model, x, target, steps=10, rule="riemann_trapezoid")
+    close(trapezoid.raw, IntegratedGradients(reference).attribute(x, baselines=0.0, target=target, n_steps=10,
+                                                                  method="riemann_trapezoid"), rtol=1e-3)
+
+
+@pytest.mark.parametrize("arch", RELU_MODULE_ARCHS)
+def test_relu_rule_methods_match_captum(arch, default_model):
+    model, reference, x = _setup(arch, default_model)
+    target = [2, 0]
+    close(cl.guided_backprop(model, x, target).raw, GuidedBackprop(reference).attribute(x, target=target))
+    close(cl.deconvnet(model, x, target).raw, Deconvolution(reference).attribute(x, target=target))
+
+
+def test_smoothgrad_matches_captum_noise_tunnel_in_expectation(default_model):
+    model, reference, x = _setup("default", default_model)
+    ours = cl.smoothgrad(model, x[:1], 4, samples=400, noise=0.1, seed=0).raw
+    torch.manual_seed(0)
+    theirs = NoiseTunnel(Saliency(reference)).attribute(x[:1], nt_type="smoothgrad", nt_samples=400,
+                                                        nt_samples_batch_size=100, stdevs=0.1, target=4, abs=True)
+    corr = torch.corrcoef(torch.stack([ours.flatten(), theirs.flatten()]))[0, 1]
+    assert corr > 0.95, f"SmoothGrad disagrees with captum's NoiseTunnel (correlation {corr:.3f})"
+    noiseless = cl.smoothgrad(model, x[:1], 4, samples=3, noise=0.0).raw
+    close(noiseless, cl.saliency(model, x[:1], 4).raw.abs())
+
+
+@pytest.mark.parametrize("arch", ("default", "resnet18", "vgg11_bn"))
+def test_occlusion_matches_captum(arch, default_model):
+    model, reference, x = _setup(arch, default_model)
+    ours = cl.occlusion(model, x[:1], 5, mask_size=16, stride=8, mask_value="gray")
+    probs = lambda inp: torch.softmax(reference(inp), dim=1)  # noqa: E731
+    theirs = Occlusion(probs).attribute(x[:1], sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8),
+                                       baselines=0.5, target=5)[0, 0]
+    p0 = float(probs(x[:1])[0, 5])
+    close(p0 - ours.map, theirs, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", GRADIENT_ARCHS)
+def test_gradcam_matches_pytorch_grad_cam(arch, default_model):
+    model, reference, x = _setup(arch, default_model)
+    layer = CAM_LAYERS[arch]
+    ours = cl.gradcam(model, x, [1, 2], layer=layer).map
+    with GradCAM(model=reference, target_layers=[reference.get_submodule(layer)]) as extractor:
+        theirs = torch.from_numpy(extractor(input_tensor=x, targets=[ClassifierOutputTarget(1),
+                                                                     ClassifierOutputTarget(2)]))
+    low = ours.flatten(1).amin(1).view(-1, 1, 1)
+    high = ours.flatten(1).amax(1).view(-1, 1, 1)
+    normalized = (ours - low) / (high - low + 1e-7)
+    torch.testing.assert_close(normalized, theirs.float(), rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("arch,fc", [("default", "fc"), ("resnet18", "fc")])
+def test_cam_matches_torchcam(arch, fc, default_model):
+    from torchcam.methods import CAM
+
+    model, reference, x = _setup(arch, default_model)
+    layer = CAM_LAYERS[arch]
+    ours = cl.cam(model, x, [3, 4], layer=layer).raw
+    with CAM(reference, target_layer=layer, fc_layer=fc) as extractor:
+        out = reference(x)
+        theirs = extractor([3, 4], out, normalized=False)[0]
+    close(ours, theirs, rtol=1e-4)
