@@ -21,7 +21,7 @@ import torch
 
 from ..core.hooks import capture
 from ..core.images import gaussian_blur
-from ..core.objectives import Logit, Predicted, Prob
+from ..core.objectives import Logit, Prob
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
 from ..core.session import look
@@ -89,8 +89,8 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
         steps = Steps(len(batch.x) * len(windows), progress, cancel)
         with torch.no_grad(), capture(s.net, objective.layers | {info.name}) as cap:
             logits = s.logits(batch.x)
-            objective = fixed_target(objective, logits)
-            if isinstance(objective, (Logit, Predicted)) and not isinstance(objective, Prob):
+            if target is None or isinstance(target, int):  # a class: Zeiler & Fergus map its probability
+                objective = fixed_target(objective, logits)
                 objective = Prob(objective.index, objective.description.removeprefix("logit(").rstrip(")"))
             totals = cap[info.name].flatten(2).sum(2)  # B×C total activation per feature map
             units = totals.argmax(1) if unit is None else torch.full((len(batch.x),), unit, device=totals.device)
