@@ -225,7 +225,7 @@ class _ReceptiveFieldMode(TorchFunctionMode):
         for t in tree_leaves(out):
             if not isinstance(t, torch.Tensor):
                 continue
-            if not spatial or t.dim() < 4 or name in ("linear", "flatten"):
+            if not spatial or t.dim() < 4:
                 self.label(t, None)
             else:
                 widest = max(spatial, key=lambda f: f.size[0] * f.size[1])

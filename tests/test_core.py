@@ -1,0 +1,256 @@
+"""The engine: layer table, wrappers, inputs, objectives, ReLU rules, shadow and guarded paths."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+import cnnlens as cl
+from cnnlens.core.hooks import capture
+from cnnlens.core.relu_rules import ReLURule
+from cnnlens.core.session import look
+from cnnlens.core.shadow import shadow
+
+from .conftest import ARCHITECTURES, assert_unchanged, random_model, snapshot
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_layer_table_for_every_architecture(arch):
+    table = cl.layers(random_model(arch), 64)
+    names = [info.name for info in table]
+    assert len(names) == len(set(names)) and len(names) > 5
+    spatial = [info for info in table if info.spatial]
+    assert spatial, "no spatial layer found"
+    assert table[-1].shape[0] == 10  # the classifier's output
+    for info in spatial:
+        assert info.channels == info.shape[0] and info.rf_size >= 1 and info.rf_stride >= 1
+
+
+def test_receptive_fields_match_known_values():
+    resnet = {i.name: i for i in cl.layers(random_model("resnet18"), 224)}
+    assert (resnet["conv1"].rf_size, resnet["conv1"].rf_stride) == (7, 2)
+    assert (resnet["maxpool"].rf_size, resnet["maxpool"].rf_stride) == (11, 4)
+    assert (resnet["layer4"].rf_size, resnet["layer4"].rf_stride) == (435, 32)
+    alexnet = {i.name: i for i in cl.layers(random_model("alexnet"), 224)}
+    assert (alexnet["features.10"].rf_size, alexnet["features.10"].rf_stride) == (163, 16)  # conv5
+    assert (alexnet["features.12"].rf_size, alexnet["features.12"].rf_stride) == (195, 32)  # pool5
+    default = {i.name: i for i in cl.layers(cl.zoo.shapes_model())}
+    assert default["stage1.conv1"].receptive_field(0, 0, (64, 64)) == (0, 2, 0, 2)  # padding clipped
+    assert default["stage4"].receptive_field(4, 4, (64, 64)) == (11, 61, 11, 61)
+
+
+def test_wrappers_are_unwrapped():
+    model = cl.zoo.shapes_model()
+    plain = [i.name for i in cl.layers(model)]
+    assert [i.name for i in cl.layers(nn.DataParallel(model))] == plain
+    compiled = torch.compile(model)  # never compiled: cnnlens runs the original module's shadow
+    assert [i.name for i in cl.layers(compiled)] == plain
+    x = torch.rand(3, 64, 64)
+    torch.testing.assert_close(cl.gradcam(compiled, x).map, cl.gradcam(model, x).map)
+
+
+def test_input_kinds_give_the_same_result(tmp_path, default):
+    model, data = default
+    image = data[3][0]
+    array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    quantized = torch.from_numpy(array).permute(2, 0, 1).float() / 255
+    expected = cl.saliency(model, quantized, 2).map
+    Image.fromarray(array).save(tmp_path / "img.png")
+    rgba = Image.fromarray(np.concatenate([array, np.full((64, 64, 1), 255, np.uint8)], axis=2), "RGBA")
+    for x in (array, array.transpose(2, 0, 1).copy(), Image.fromarray(array), tmp_path / "img.png",
+              str(tmp_path / "img.png"), rgba, quantized.numpy()):
+        torch.testing.assert_close(cl.saliency(model, x, 2).map, expected)
+    batch = cl.saliency(model, [array, quantized], 2)
+    assert batch.map.shape == (2, 64, 64) and len(batch.predictions) == 2
+    gray = cl.saliency(model, Image.fromarray(array).convert("L"), 2)
+    assert gray.map.shape == (64, 64)
+
+
+def test_maps_come_back_at_input_resolution(default):
+    model, data = default
+    big = Image.fromarray((data[0][0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).resize((100, 80))
+    for method in (cl.saliency, cl.gradcam, cl.occlusion):
+        assert method(model, big).map.shape == (80, 100)
+
+
+def test_objective_algebra(default):
+    model, data = default
+    x = data.images[:2]
+    combo = cl.channel("stage3", 5) + 2 * cl.channel("stage4", 7) - cl.logit(1) / 4
+    with look(model) as s, torch.no_grad(), capture(s.net, combo.layers) as cap:
+        logits = s.logits(x)
+        value = combo(cap.activations, logits)
+        manual = (cap["stage3"][:, 5].mean((1, 2)) + 2 * cap["stage4"][:, 7].mean((1, 2)) - logits[:, 1] / 4)
+        torch.testing.assert_close(value, manual)
+        neuron = cl.neuron("stage4", 7)(cap.activations, logits)
+        torch.testing.assert_close(neuron, cap["stage4"][:, 7, 4, 4])
+        v = torch.randn(128)
+        direction = cl.direction("stage4", v)(cap.activations, logits)
+        torch.testing.assert_close(direction, torch.einsum("bchw,c->bhw", cap["stage4"], v).mean((1, 2)))
+        prob = cl.prob(3)(cap.activations, logits)
+        torch.testing.assert_close(prob, logits.softmax(1)[:, 3])
+    assert sum([cl.logit(1), cl.logit(2)]).description == "logit(1) + logit(2)"
+    assert combo.description == "stage3:5 + 2·stage4:7 - 0.25·logit(1)"
+    torch.testing.assert_close(cl.saliency(model, x[0], "stage4:7").map,
+                               cl.saliency(model, x[0], cl.channel("stage4", 7)).map)
+    torch.testing.assert_close(cl.saliency(model, x[0], 3).map, cl.saliency(model, x[0], cl.logit(3)).map)
+    with pytest.raises(TypeError):
+        cl.logit(1) * cl.logit(2)
+
+
+class _ModuleReLUs(nn.Module):
+    """Conv net with separate in-place ReLU modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3)
+        self.r1, self.r2, self.r3 = nn.ReLU(inplace=True), nn.ReLU(inplace=True), nn.ReLU(inplace=True)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.r1(self.c1(x)), 2)
+        x = self.r2(self.c2(x))
+        x = self.r3(self.c3(x))
+        return self.fc(x.mean((2, 3)))
+
+
+class _FunctionalReLUs(_ModuleReLUs):
+    """The same net with a reused ReLU module, functional F.relu and Tensor.relu_()."""
+
+    def forward(self, x):
+        x = F.max_pool2d(self.r1(self.c1(x)), 2)
+        x = F.relu(self.c2(x))
+        x = self.c3(x)
+        x.relu_()
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["guided_backprop", "deconvnet"])
+def test_relu_rules_see_functional_inplace_and_reused_relus(method):
+    modules = _ModuleReLUs()
+    functional = _FunctionalReLUs()
+    functional.load_state_dict(modules.state_dict())
+    x = torch.rand(2, 3, 16, 16)
+    a = getattr(cl, method)(modules, x, 1).raw
+    b = getattr(cl, method)(functional, x, 1).raw
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, cl.saliency(modules, x, 1).raw)
+    rule = ReLURule("guided")
+    with rule, torch.enable_grad():
+        functional(x.requires_grad_())
+    assert rule.calls == 3
+
+
+def test_deconvnet_projects_a_feature_map_and_reports_its_patch(default):
+    model, data = default
+    image = data[0][0]
+    result = cl.deconvnet(model, image, "stage3:4")
+    y, x = result.location.tolist()
+    y0, y1, x0, x1 = result.patch.tolist()
+    assert 0 <= y < 8 and 0 <= x < 8 and y1 > y0 and x1 > x0
+    support = result.map > 1e-8
+    assert support.any()
+    outside = support.clone()
+    outside[y0:y1, x0:x1] = False
+    assert not outside.any(), "the projection of one unit must stay inside its receptive field"
+    whole = cl.deconvnet(model, image, "stage3:4", mode="map")
+    assert whole.map.count_nonzero() > result.map.count_nonzero()
+
+
+def test_shadow_follows_training_updates_and_structure_changes(default):
+    model = cl.zoo.shapes_model()
+    x = default[1][0][0]
+    first = cl.gradcam(model, x, 1, relu=False).raw
+    with torch.no_grad():
+        model.fc.weight.mul_(-1)  # an optimizer step updates weights in place: the shadow sees it
+    torch.testing.assert_close(cl.gradcam(model, x, 1, relu=False).raw, -first)
+    old = shadow(model)
+    model.fc = nn.Linear(128, 8)  # the user swaps a module: a new shadow
+    assert shadow(model) is not old
+    assert shadow(model).fc.weight is model.fc.weight
+
+
+def test_training_mid_run_is_unaffected_by_looking():
+    """The same training run, with and without cnnlens looking after every step, ends bitwise equal."""
+    def run(look_inside: bool):
+        torch.manual_seed(0)
+        model = cl.zoo.ShapesNet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        data = cl.zoo.ShapesDataset(32, seed=3)
+        for step in range(3):
+            loss = F.cross_entropy(model(data.images[step * 8:(step + 1) * 8]), data.labels[step * 8:(step + 1) * 8])
+            opt.zero_grad()
+            loss.backward()
+            if look_inside:
+                cl.gradcam(model, data.images[0])
+                cl.smoothgrad(model, data.images[0], samples=2)
+                cl.occlusion(model, data.images[0], mask_size=32, stride=32)
+            opt.step()
+        return model.state_dict(), float(loss)
+
+    plain, looked = run(False), run(True)
+    assert plain[1] == looked[1]
+    for key in plain[0]:
+        assert torch.equal(plain[0][key], looked[0][key]), key
+
+
+def test_torchscript_models_use_the_guarded_path(default):
+    model, data = default
+    scripted = torch.jit.script(cl.zoo.shapes_model())
+    scripted.train()
+    before = snapshot(scripted)
+    x = data[0][0]
+    torch.testing.assert_close(cl.saliency(scripted, x, 2).map, cl.saliency(model, x, 2).map)
+    assert_unchanged(scripted, before)
+    assert scripted.training
+    with pytest.raises(TypeError, match="TorchScript"):
+        cl.gradcam(scripted, x)
+    assert_unchanged(scripted, before)
+
+
+def test_dict_and_dataclass_outputs_with_a_selector():
+    @dataclasses.dataclass
+    class Output:
+        logits: torch.Tensor
+
+    class DictNet(_ModuleReLUs):
+        def forward(self, x):
+            return {"logits": super().forward(x)}
+
+    class DataNet(_ModuleReLUs):
+        def forward(self, x):
+            return Output(super().forward(x))
+
+    x = torch.rand(3, 16, 16)
+    reference = _ModuleReLUs()
+    for cls in (DictNet, DataNet):
+        model = cls()
+        model.load_state_dict(reference.state_dict())
+        with pytest.raises(TypeError, match="not a tensor"):
+            cl.saliency(model, x)
+        cl.configure(model, output="logits")
+        torch.testing.assert_close(cl.saliency(model, x, 1).map, cl.saliency(reference, x, 1).map)
+
+
+def test_normalization_from_the_spec_matches_a_normalizing_wrapper():
+    net = _ModuleReLUs()
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+    wrapped = nn.Sequential(cl.zoo.shapes_model().normalize.__class__(mean, std), net)
+    cl.configure(net, mean=mean, std=std)
+    x = torch.rand(3, 16, 16)
+    torch.testing.assert_close(cl.saliency(net, x, 1).map, cl.saliency(wrapped, x, 1).map)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_stays_on_cuda(default):
+    model = cl.zoo.shapes_model().cuda().train()
+    before = snapshot(model)
+    for method in (cl.saliency, cl.gradcam, cl.guided_backprop, cl.occlusion, cl.integrated_gradients):
+        assert method(model, default[1][0][0]).map.device.type == "cpu"
+    assert_unchanged(model, before)
