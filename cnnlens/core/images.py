@@ -138,16 +138,21 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def colorize(m: torch.Tensor, cmap: str = "magma", signed: bool = False,
              vmax: float | None = None) -> np.ndarray:
-    """An H×W map → H×W×3 uint8 through a matplotlib colormap (``signed``: symmetric around 0)."""
+    """An H×W map → H×W×3 uint8 through a matplotlib colormap.
+
+    ``signed`` centres the colours on 0. The scale is ``vmax`` when given,
+    else the 99.5th percentile of the magnitudes, so that a few extreme
+    gradients do not leave the rest of the map black.
+    """
     from matplotlib import colormaps
 
     values = m.detach().float().cpu().numpy()
     if signed:
-        scale = vmax or float(np.abs(values).max()) or 1.0
+        scale = vmax or float(np.quantile(np.abs(values), 0.995)) or 1.0
         norm = 0.5 + 0.5 * values / scale
     else:
         low = float(values.min())
-        scale = (vmax - low) if vmax is not None else float(values.max() - low)
+        scale = (vmax - low) if vmax is not None else float(np.quantile(values, 0.995) - low)
         norm = (values - low) / (scale or 1.0)
     rgba = colormaps[cmap](np.clip(norm, 0, 1))
     return (rgba[..., :3] * 255 + 0.5).astype(np.uint8)

@@ -1,0 +1,32 @@
+"""The command line: help, the gallery job, the layer table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from cnnlens.cli import main
+from cnnlens.explain import METHODS
+
+
+def test_help_explains_each_subcommand():
+    out = subprocess.run([sys.executable, "-m", "cnnlens", "--help"], capture_output=True, text=True, check=True)
+    for command in ("gallery", "train-default", "layers"):
+        assert command in out.stdout
+
+
+def test_gallery_renders_every_method(tmp_path, capsys):
+    assert main(["gallery", str(tmp_path), "--images", "1"]) == 0
+    index = (tmp_path / "index.html").read_text()
+    for name, info in METHODS.items():
+        assert any(p.name.endswith(f"_{name}.png") for p in tmp_path.iterdir()), name
+        assert info.label.replace("×", "&#215;") in index or info.label in index
+    assert "occlusion: label map" in index
+
+
+def test_layers_and_bad_arguments(capsys):
+    assert main(["layers"]) == 0
+    assert "stage4" in capsys.readouterr().out
+    assert main(["layers", "resnet9000"]) == 2
+    assert "Unknown architecture 'resnet9000'" in capsys.readouterr().err
+    assert main(["gallery", "/tmp/x", "--images", "0"]) == 2
