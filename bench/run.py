@@ -31,6 +31,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torchcam.methods import CAM
 
 import cnnlens as cl
+from cnnlens.explain.occlusion import positions
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -71,7 +72,7 @@ def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, layer: str, 
         if isinstance(module, torch.nn.ReLU):
             module.inplace = False  # captum's module hooks need out-of-place ReLUs
     size = x.shape[-1]
-    n_positions = len(cl.explain.occlusion.positions(size, mask, stride)) ** 2
+    n_positions = len(positions(size, mask, stride)) ** 2
     occluded = x.repeat(n_positions, 1, 1, 1)
     path = x.repeat(steps, 1, 1, 1)
     batch = 64

@@ -140,8 +140,11 @@ class Logit(Objective):
         self.description = f"logit({name or index})"
 
     def __call__(self, acts: Activations, logits: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.index, int):
+            _check_index(self.index, logits.shape[1], "class", "target")
+            return logits[:, self.index]
         idx = _per_item(self.index, logits.shape[0], logits.device)
-        for value in idx.unique().tolist():
+        for value in (int(idx.min()), int(idx.max())):
             _check_index(value, logits.shape[1], "class", "target")
         return logits.gather(1, idx[:, None])[:, 0]
 

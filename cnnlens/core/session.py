@@ -22,6 +22,18 @@ from .shadow import copyable, guarded, shadow
 _TABLES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], list[LayerInfo]]] = weakref.WeakKeyDictionary()
 
 
+_CHANNELS: weakref.WeakKeyDictionary[nn.Module, int | None] = weakref.WeakKeyDictionary()
+
+
+def _channels(model: nn.Module, net: nn.Module) -> int | None:
+    """The model's input channels, remembered per shadow (a new shadow comes with any structural change)."""
+    if net is model:
+        return expected_channels(model)
+    if net not in _CHANNELS:
+        _CHANNELS[net] = expected_channels(model)
+    return _CHANNELS[net]
+
+
 def select_output(out: Any, selector: Any) -> torch.Tensor:
     """The logits inside a model's output, using the selector given to ``configure(model, output=...)``."""
     if selector is None:
@@ -51,7 +63,7 @@ class Session:
         self.net = net
         self.is_shadow = is_shadow
         self.spec: InputSpec = spec_of(model)
-        self.channels = expected_channels(model)
+        self.channels = _channels(model, net)
         ref = next(iter(model.parameters()), None)
         ref = ref if ref is not None else next(iter(model.buffers()), None)
         self.device = ref.device if ref is not None else torch.device("cpu")
@@ -137,11 +149,15 @@ class Session:
 def look(model: nn.Module) -> Iterator[Session]:
     """Open a :class:`Session` on ``model``: the shadow when possible, else the guarded model."""
     model = unwrap(model)
-    if copyable(model):
-        yield Session(model, shadow(model), is_shadow=True)
-    else:
+    try:
+        net = shadow(model)
+    except TypeError:
+        if copyable(model):
+            raise
         with guarded(model) as net:
             yield Session(model, net, is_shadow=False)
+        return
+    yield Session(model, net, is_shadow=True)
 
 
 def layers(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> list[LayerInfo]:
