@@ -10,8 +10,9 @@ image, every method is timed together with:
   SmoothGrad);
 - the peer library doing the same work (captum, pytorch-grad-cam, torchcam).
 
-Ratios, not seconds, are the result: "vs raw" = cnnlens ÷ raw passes, "vs
-peer" = cnnlens ÷ peer (below 1 means cnnlens is faster). Times are medians.
+Ratios, not seconds, are the result: "÷ raw" = cnnlens ÷ raw passes, "÷
+peer" = cnnlens ÷ peer (below 1 means cnnlens is faster). Times are medians
+of rounds in which the contenders run in turn, so machine drift hits all alike.
 """
 
 from __future__ import annotations
@@ -34,14 +35,17 @@ import cnnlens as cl
 from cnnlens.explain.occlusion import positions
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (and the one-time layer probe)
-    times = []
+def interleaved_medians(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median wall time of each function, timed in turn within every round so that drift hits all alike."""
+    for fn in fns:
+        fn()  # warm-up (and the one-time layer probe)
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(bucket) for bucket in times]
 
 
 def raw_forward(model, x):
@@ -79,9 +83,8 @@ def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, layer: str, 
     rows = []
 
     def row(method, ours, raw, raw_label, peer_fn=None, peer_label="", reps=repeats):
-        t_ours = median_time(ours, reps)
-        t_raw = median_time(raw, reps)
-        t_peer = median_time(peer_fn, reps) if peer_fn else None
+        t_ours, t_raw, *rest = interleaved_medians([ours, raw] + ([peer_fn] if peer_fn else []), reps)
+        t_peer = rest[0] if rest else None
         rows.append((name, method, t_ours * 1e3, raw_label, t_ours / t_raw,
                      peer_label, (t_ours / t_peer) if t_peer else None))
         print(f"  {name:9} {method:22} {t_ours * 1e3:8.1f} ms  ×raw {t_ours / t_raw:5.2f}"
@@ -130,7 +133,7 @@ def main() -> None:
     default, data = cl.zoo.shapes(16)
     resnet = torchvision.models.resnet18(weights=None).eval()
     rows = bench_model("default", default, data.images[:1], "stage4", "fc", mask=16, stride=4, steps=32,
-                       repeats=20)
+                       repeats=60)
     rows += bench_model("resnet18", resnet, torch.rand(1, 3, 224, 224), "layer4", "fc", mask=56, stride=28,
                         steps=32, repeats=5)
     lines = [

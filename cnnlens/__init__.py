@@ -9,7 +9,7 @@
 from . import zoo
 from .core.model import InputSpec, LayerInfo, configure
 from .core.objectives import Objective, channel, direction, logit, neuron, predicted, prob
-from .core.progress import CancelToken, Cancelled
+from .core.progress import Cancelled, CancelToken
 from .core.results import Explanation, Prediction
 from .core.session import layers
 from .explain import (

@@ -14,7 +14,7 @@ ARCHITECTURES = ("resnet18", "vgg11_bn", "alexnet", "densenet121", "mobilenet_v3
                  "googlenet", "convnext_tiny", "squeezenet1_1")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 @dataclass
 class Batch:
-    """A prepared batch: ``x`` (B×C×H×W at the model's size), each image's original size, and whether one image came in."""
+    """A prepared batch: ``x`` (B×C×H×W at the model's size), each image's original size, one image or not."""
 
     x: torch.Tensor
     sizes: list[tuple[int, int]]

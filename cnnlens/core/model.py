@@ -177,7 +177,8 @@ def _next_rf(name: str, rf: _RF, args: tuple, kwargs: dict, out_hw: tuple[int, i
         dilation = _arg(args, kwargs, 5, "dilation", 1)
         if isinstance(padding, str):  # "same" / "valid"
             k = weight.shape[-1]
-            padding = (dilation if isinstance(dilation, int) else dilation[0]) * (k - 1) // 2 if padding == "same" else 0
+            d = dilation if isinstance(dilation, int) else dilation[0]
+            padding = d * (k - 1) // 2 if padding == "same" else 0
         return _window(rf, weight.shape[-2:], _arg(args, kwargs, 3, "stride", 1), padding, dilation)
     if name in ("max_pool2d", "_max_pool2d", "max_pool2d_with_indices", "avg_pool2d"):
         kernel = _arg(args, kwargs, 1, "kernel_size", 1)
@@ -231,17 +232,6 @@ class _ReceptiveFieldMode(TorchFunctionMode):
                 widest = max(spatial, key=lambda f: f.size[0] * f.size[1])
                 self.label(t, _next_rf(name, widest, args, kwargs, tuple(t.shape[-2:])))
         return out
-
-
-def probe_input(model: nn.Module, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """A gray 1×C×H×W image on the model's device (C from its first convolution, H×W from its spec or 224)."""
-    spec = spec_of(model)
-    size = size or spec.input_size or (224, 224)
-    channels = expected_channels(model) or 3
-    ref = next(iter(unwrap(model).parameters()), None)
-    device = ref.device if ref is not None else torch.device("cpu")
-    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
-    return torch.full((1, channels, *size), 0.5, device=device, dtype=dtype)
 
 
 def probe_layers(net: nn.Module, forward: Callable[[torch.Tensor], Any], x: torch.Tensor) -> list[LayerInfo]:

@@ -46,7 +46,8 @@ def select_output(out: Any, selector: Any) -> torch.Tensor:
         return selector(out)
     if isinstance(out, dict):
         if selector not in out:
-            raise ValueError(f"output={selector!r} is not a key of the model's output; keys: {', '.join(map(str, out))}.")
+            keys = ", ".join(map(str, out))
+            raise ValueError(f"output={selector!r} is not a key of the model's output; keys: {keys}.")
         return out[selector]
     if isinstance(selector, str):
         if not hasattr(out, selector):

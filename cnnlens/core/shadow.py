@@ -55,13 +55,24 @@ def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     return clone
 
 
-def _fingerprint(modules: list[nn.Module]) -> tuple:
-    """Identity of every module, parameter and buffer: changes when the user swaps any of them."""
-    return tuple(
-        (id(m), tuple(map(id, m._parameters.values())), tuple(map(id, m._buffers.values())),
-         tuple(map(id, m._modules.values())))
-        for m in modules
-    )
+def _walk(model: nn.Module) -> tuple[tuple, bool]:
+    """One pass over the module tree: its identity fingerprint and whether it holds TorchScript.
+
+    The fingerprint lists the ids of every module, parameter and buffer, so it
+    changes when the user swaps any of them (in-place weight updates keep it).
+    """
+    ids: list[int] = []
+    scripted = False
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        scripted = scripted or isinstance(module, torch.jit.ScriptModule)
+        ids.append(id(module))
+        ids.extend(map(id, module._parameters.values()))
+        ids.extend(map(id, module._buffers.values()))
+        ids.append(-1)
+        stack.extend(child for child in module._modules.values() if child is not None)
+    return tuple(ids), scripted
 
 
 _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]] = weakref.WeakKeyDictionary()
@@ -76,14 +87,13 @@ def shadow(model: nn.Module) -> nn.Module:
     """The eval-mode, hook-free shadow of ``model`` (cached while its structure is unchanged).
 
     The cache check walks the module tree once (tens of microseconds for a
-    ResNet), so looking stays close to the cost of the model's own passes.
+    ResNet), so a look costs little beyond the model's own passes.
     """
     model = unwrap(model)
-    modules = list(model.modules())
-    if any(isinstance(m, torch.jit.ScriptModule) for m in modules):
+    key, scripted = _walk(model)
+    if scripted:
         raise TypeError(f"{type(model).__name__} is a TorchScript module and cannot be shadowed; "
                         "use cnnlens.core.shadow.guarded(model).")
-    key = _fingerprint(modules)
     cached = _CACHE.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]

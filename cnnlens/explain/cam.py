@@ -30,7 +30,8 @@ def cam(model: torch.nn.Module, x: Any, target: Any = None, *, layer: str | None
         info = s.layer(layer, size, spatial=True)
         objective = objective_for(s, target, size)
         if not isinstance(objective, (Logit, Predicted)) or isinstance(objective, Prob):
-            raise ValueError(f"target: CAM explains class logits (an int class or None); got {objective.description!r}. "
+            raise ValueError("target: CAM explains class logits (an int class or None); "
+                             f"got {objective.description!r}. "
                              "Use cnnlens.gradcam for other targets.")
         with torch.no_grad(), capture(s.net, [info.name]) as cap:
             logits = s.logits(batch.x)
