@@ -28,8 +28,17 @@ from .explain import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``cl.Lens`` and ``cl.demo`` load the widget layer (ipywidgets, anywidget) on first use."""
+    if name in ("Lens", "demo"):
+        from . import widgets
+
+        return getattr(widgets, name)
+    raise AttributeError(f"module 'cnnlens' has no attribute {name!r}")
+
 __all__ = [
-    "METHODS", "CancelToken", "Cancelled", "Explanation", "InputSpec", "LayerInfo", "Objective", "Prediction",
+    "Lens", "demo", "METHODS", "CancelToken", "Cancelled", "Explanation", "InputSpec", "LayerInfo", "Objective", "Prediction",
     "cam", "channel", "configure", "deconvnet", "direction", "gradcam", "guided_backprop", "input_x_gradient",
     "integrated_gradients", "layers", "lime", "logit", "neuron", "occlusion", "predicted", "prob", "saliency",
     "smoothgrad", "zoo",

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+COLORMAPS = ("magma", "viridis", "gray", "jet", "RdBu_r")  # the front end's colormaps, in its order
+
 
 @dataclass
 class Batch:

@@ -1,0 +1,10 @@
+"""Jupyter widgets: controls bound to the engine, drawn by the front end in js/ (bundled to static/)."""
+
+from .activations import ActivationsView
+from .attribution import AttributionView
+from .deconv_view import DeconvView
+from .lens import Lens, demo
+from .occlusion_view import OcclusionView
+from .panel import Panel
+
+__all__ = ["ActivationsView", "AttributionView", "DeconvView", "Lens", "OcclusionView", "Panel", "demo"]

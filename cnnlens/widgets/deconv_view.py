@@ -1,0 +1,66 @@
+"""DeconvNet view: a unit's strongest activation projected to pixels, beside its receptive-field patch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as W
+import torch
+
+from ..explain.deconvnet import deconvnet
+from .base import Images, View, spatial_layers
+from .panel import Panel
+
+
+def projection_image(raw: torch.Tensor) -> torch.Tensor:
+    """A C×H×W projection scaled to [0, 1] around gray, as Zeiler & Fergus display them."""
+    peak = float(raw.abs().max()) or 1.0
+    return (0.5 + 0.5 * raw / peak).clamp(0, 1)
+
+
+class DeconvView(View):
+    """Layer and unit (channel) → the DeconvNet projection and the image patch the unit sees."""
+
+    def __init__(self, model: torch.nn.Module, images: Any, index: W.IntSlider | None = None):
+        images = images if isinstance(images, Images) else Images(images, model)
+        self.table = {info.name: info for info in spatial_layers(model, images)}
+        names = list(self.table)
+        self.layer = W.Dropdown(options=names, value=names[-1], description="layer")
+        self.unit = W.IntSlider(value=0, min=0, max=self.table[names[-1]].channels - 1, description="unit",
+                                continuous_update=False)
+        self.mode = W.Dropdown(options=[("strongest activation", "max"), ("whole feature map", "map")],
+                               value="max", description="project")
+        self.input_panel = Panel("image", "input and receptive field")
+        self.projection = Panel("image", "DeconvNet projection")
+        self.patch = Panel("image", "patch in the receptive field", size=160)
+        self._quiet = False
+        super().__init__(model, images, [self.input_panel, self.projection, self.patch],
+                         [self.layer, self.unit, self.mode], index)
+        self.layer.observe(lambda _: self._layer_changed(), "value")
+        for widget in (self.unit, self.mode):
+            widget.observe(lambda _: None if self._quiet else self.refresh(), "value")
+        self.refresh()
+
+    def _layer_changed(self) -> None:
+        self._quiet = True
+        self.unit.max = self.table[self.layer.value].channels - 1
+        self._quiet = False
+        self.refresh()
+
+    def refresh(self) -> None:
+        image, _ = self.image
+        target = f"{self.layer.value}:{self.unit.value}"
+        mode = self.mode.value
+
+        def compute(progress, cancel, partial):
+            return deconvnet(self.model, image, target, mode=mode)
+
+        def publish(result):
+            rect = result.patch.tolist() if "patch" in result.extras else None
+            self.input_panel.show(image, rect=rect, title=f"input · unit {target}")
+            self.projection.show(projection_image(result.raw), title=f"projection of {target} ({mode})")
+            if rect:
+                y0, y1, x0, x1 = rect
+                self.patch.show(image[:, y0:y1, x0:x1], title=f"receptive field {y1 - y0}×{x1 - x0} px")
+
+        self.runner.submit(compute, publish)

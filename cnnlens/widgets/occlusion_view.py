@@ -1,0 +1,70 @@
+"""Occlusion view: Zeiler & Fergus' three maps side by side, streamed coarse to fine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as W
+import torch
+
+from ..core.session import look
+from ..explain.occlusion import MASK_VALUES, occlusion
+from .base import Images, View, class_names
+from .controls import target_options
+from .panel import Panel
+
+
+class OcclusionView(View):
+    """Mask size, stride, mask value and target → probability, feature-map and label maps."""
+
+    def __init__(self, model: torch.nn.Module, images: Any, index: W.IntSlider | None = None):
+        images = images if isinstance(images, Images) else Images(images, model)
+        side = min(images[0][0].shape[-2:])
+        style = {"description_width": "initial"}
+        self.mask_size = W.IntSlider(value=max(side // 4, 1), min=1, max=side, description="mask size",
+                                     continuous_update=False, style=style)
+        self.stride = W.IntSlider(value=max(side // 16, 1), min=1, max=max(side // 2, 1), description="stride",
+                                  continuous_update=False, style=style)
+        self.mask_value = W.Dropdown(options=list(MASK_VALUES), value="gray", description="mask value")
+        self.target = W.Dropdown(options=[("—", 0)], description="target")
+        self.prob_panel = Panel("heatmap", "target probability", cmap="magma")
+        self.unit_panel = Panel("heatmap", "feature-map activation", cmap="viridis", opacity=0.85)
+        self.label_panel = Panel("labels", "most probable label")
+        self._quiet = False
+        super().__init__(model, images, [self.prob_panel, self.unit_panel, self.label_panel],
+                         [self.mask_size, self.stride, self.mask_value, self.target], index)
+        for widget in (self.mask_size, self.stride, self.mask_value, self.target):
+            widget.observe(lambda _: None if self._quiet else self.refresh(), "value")
+        self.index.observe(lambda _: self._image_changed(), "value")
+        self._image_changed()
+
+    def _image_changed(self) -> None:
+        image, _ = self.image
+        with look(self.model) as s, torch.no_grad():
+            logits = s.logits(image[None])[0]
+        self.names = class_names(self.model, len(logits))
+        self._quiet = True
+        self.target.options = target_options(logits, self.names)
+        self.target.value = int(logits.argmax())
+        self._quiet = False
+        self.refresh()
+
+    def refresh(self) -> None:
+        image, _ = self.image
+        params = {"mask_size": self.mask_size.value, "stride": self.stride.value, "mask_value": self.mask_value.value}
+        target, names = self.target.value, self.names
+
+        def compute(progress, cancel, partial):
+            coarse = max(params["stride"] * 2, params["mask_size"] // 2)
+            if coarse > params["stride"]:
+                partial(occlusion(self.model, image, target, **dict(params, stride=coarse), progress=progress,
+                                  cancel=cancel))
+            return occlusion(self.model, image, target, **params, progress=progress, cancel=cancel)
+
+        def publish(result):
+            self.prob_panel.show(image, result.map, title=f"P({names[target]}) with the mask here")
+            self.unit_panel.show(image, result.unit_map,
+                                 title=f"activation of {result.params['unit_layer']}:{int(result.unit)}")
+            self.label_panel.show_labels(result.label_map, names, title="most probable label")
+
+        self.runner.submit(compute, publish)

@@ -1,0 +1,162 @@
+"""Panel: the one anywidget that draws images, heatmaps, label maps, tile grids and bar charts.
+
+Everything visual travels as binary: RGB images as raw uint8 bytes, maps as
+float32 bytes, so the browser applies colormap, opacity, signed display and
+hover values itself. Images larger than ``max_side`` are downsampled for
+transport. Text (titles, class names, errors) is rendered as text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anywidget
+import numpy as np
+import torch
+import torch.nn.functional as F
+import traitlets
+
+from ..core.images import label_colors, to_uint8
+
+STATIC = Path(__file__).parent.parent / "static"
+KINDS = ("heatmap", "image", "labels", "grid", "bars")
+
+
+def _bundle(name: str) -> Path:
+    path = STATIC / name
+    if not path.is_file():
+        raise RuntimeError(f"The cnnlens front end is not built ({path} is missing): reinstall the package "
+                           "(pip install -e .) or run `npm ci && npm run build` in js/.")
+    return path
+
+
+def _fit(t: torch.Tensor, max_side: int, mode: str = "area") -> torch.Tensor:
+    """Downsample a (…, H, W) tensor so its longer side is at most ``max_side``."""
+    h, w = t.shape[-2:]
+    if max(h, w) <= max_side:
+        return t
+    scale = max_side / max(h, w)
+    size = (max(int(h * scale), 1), max(int(w * scale), 1))
+    lead = t.shape[:-2]
+    flat = t.reshape(-1, 1, h, w).float()
+    out = F.interpolate(flat, size=size, mode="nearest" if mode == "nearest" else "area")
+    return out.reshape(*lead, *size)
+
+
+class Panel(anywidget.AnyWidget):
+    """One drawing surface; ``kind`` selects how the data is drawn."""
+
+    _esm = _bundle("widget.js")
+    _css = _bundle("widget.css")
+
+    kind = traitlets.Unicode("heatmap").tag(sync=True)
+    title = traitlets.Unicode("").tag(sync=True)
+    shape = traitlets.List(traitlets.Int(), default_value=[0, 0]).tag(sync=True)
+    image = traitlets.Bytes(b"").tag(sync=True)
+    heat = traitlets.Bytes(b"").tag(sync=True)
+    cmap = traitlets.Unicode("magma").tag(sync=True)
+    cmap_index = traitlets.Int(-1).tag(sync=True)  # ≥ 0: COLORMAPS[cmap_index] overrides cmap (linked controls)
+    opacity = traitlets.Float(0.6).tag(sync=True)
+    signed = traitlets.Bool(False).tag(sync=True)
+    vmax = traitlets.Float(0.0).tag(sync=True)
+    rect = traitlets.List(traitlets.Int(), default_value=[]).tag(sync=True)
+    legend = traitlets.List(default_value=[]).tag(sync=True)
+    bars = traitlets.List(default_value=[]).tag(sync=True)
+    selected = traitlets.Int(-1).tag(sync=True)
+    size = traitlets.Int(256).tag(sync=True)
+    status = traitlets.Unicode("idle").tag(sync=True)
+    progress = traitlets.Float(0.0).tag(sync=True)
+    error = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, kind: str = "heatmap", title: str = "", max_side: int = 320, **kwargs):
+        if kind not in KINDS:
+            raise ValueError(f"Unknown panel kind {kind!r}. Valid: {', '.join(KINDS)}.")
+        super().__init__(kind=kind, title=title, **kwargs)
+        self.max_side = max_side
+        self._stop_handlers: list = []
+        self.on_msg(self._message)
+
+    def _message(self, _widget, content, _buffers) -> None:
+        if isinstance(content, dict) and content.get("type") == "stop":
+            for handler in self._stop_handlers:
+                handler()
+
+    def on_stop(self, handler) -> None:
+        """Call ``handler()`` when the user presses this panel's Stop button."""
+        self._stop_handlers.append(handler)
+
+    # --- data ---------------------------------------------------------------------------------
+
+    def show(self, image: torch.Tensor | None = None, heat: torch.Tensor | None = None, *, title: str | None = None,
+             rect: list[int] | None = None, vmax: float | None = None) -> None:
+        """Draw ``image`` (C×H×W in [0, 1]) and/or ``heat`` (H×W floats) in one message."""
+        ref = image if image is not None else heat
+        h, w = ref.shape[-2:]
+        payload: dict = {}
+        if image is not None:
+            payload["image"] = to_uint8(_fit(image.detach().cpu(), self.max_side)).tobytes()
+        else:
+            payload["image"] = b""
+        if heat is not None:
+            mode = "nearest" if self.kind == "labels" else "area"
+            payload["heat"] = _fit(heat.detach().cpu().float(), self.max_side, mode).numpy().astype(np.float32).tobytes()
+        else:
+            payload["heat"] = b""
+        fitted = _fit(torch.zeros(1, h, w), self.max_side)
+        scale = fitted.shape[-1] / w
+        payload["shape"] = list(fitted.shape[-2:])
+        payload["rect"] = [int(round(v * scale)) for v in rect] if rect else []
+        if title is not None:
+            payload["title"] = title
+        if vmax is not None:
+            payload["vmax"] = float(vmax)
+        self._publish(payload)
+
+    def show_labels(self, labels: torch.Tensor, names: list[str], title: str | None = None) -> None:
+        """Draw a categorical map with a legend of ``names`` (one colour each)."""
+        colors = label_colors(len(names)).tolist()
+        self.legend = [[str(n), c] for n, c in zip(names, colors)]
+        self.show(None, labels.float(), title=title)
+
+    def show_grid(self, tiles: torch.Tensor, title: str | None = None) -> None:
+        """Draw N×h×w maps (or N×3×h×w RGB tiles), each scaled to its own range; click zooms one."""
+        tiles = tiles.detach().cpu().float()
+        rgb = tiles.dim() == 4
+        payload = {"heat": tiles.numpy().astype(np.float32).tobytes(),
+                   "shape": [tiles.shape[0], tiles.shape[-2], tiles.shape[-1], 3 if rgb else 1]}
+        if self.selected >= tiles.shape[0]:
+            payload["selected"] = -1
+        if title is not None:
+            payload["title"] = title
+        self._publish(payload)
+
+    def show_bars(self, bars: list[tuple[str, float]], title: str | None = None) -> None:
+        """Draw named probabilities as horizontal bars."""
+        payload = {"bars": [[str(n), float(p)] for n, p in bars]}
+        if title is not None:
+            payload["title"] = title
+        self._publish(payload)
+
+    def _publish(self, payload: dict) -> None:
+        with self.hold_sync():
+            for key, value in payload.items():
+                setattr(self, key, value)
+            self.error = ""
+
+    # --- status -------------------------------------------------------------------------------
+
+    def running(self, fraction: float = 0.0) -> None:
+        with self.hold_sync():
+            self.status = "running"
+            self.progress = float(fraction)
+
+    def done(self) -> None:
+        with self.hold_sync():
+            self.status = "idle"
+            self.progress = 1.0
+
+    def fail(self, message: str) -> None:
+        """Show an error inside the panel; the last good image stays."""
+        with self.hold_sync():
+            self.status = "error"
+            self.error = message

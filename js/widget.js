@@ -1,0 +1,264 @@
+// cnnlens front end: one anywidget module rendering every panel kind.
+// Images arrive as raw RGB bytes and maps as float32, so colormap, opacity, signed display and
+// hover values are applied here with no round trip. Text from Python is always set with textContent.
+
+import { COLORMAPS, blend, lut, range, toIndices, view } from "./colormaps.js";
+
+function el(tag, cls, parent) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (parent) parent.appendChild(node);
+  return node;
+}
+
+function hex(color) {
+  return `rgb(${color[0]},${color[1]},${color[2]})`;
+}
+
+// Stop JupyterLab from turning arrow keys on our sliders into cell navigation.
+function guardKeys(root) {
+  const area = root.closest(".jp-OutputArea-output, .output_area, .widget-subarea") || root;
+  if (area.dataset.cnnlensKeys) return;
+  area.dataset.cnnlensKeys = "1";
+  area.addEventListener("keydown", (event) => event.stopPropagation());
+}
+
+function cmapName(model) {
+  const index = model.get("cmap_index");
+  return index >= 0 && index < COLORMAPS.length ? COLORMAPS[index] : model.get("cmap");
+}
+
+function drawPixels(canvas, pixels, w, h, size) {
+  canvas.width = w;
+  canvas.height = h;
+  canvas.getContext("2d").putImageData(new ImageData(pixels, w, h), 0, 0);
+  const scale = size / Math.max(w, h);
+  canvas.style.width = `${Math.round(w * scale)}px`;
+  canvas.style.height = `${Math.round(h * scale)}px`;
+}
+
+function drawRect(canvas, rect, w, h) {
+  if (!rect || rect.length !== 4) return;
+  const ctx = canvas.getContext("2d");
+  const [y0, y1, x0, x1] = rect;
+  ctx.strokeStyle = "#00e5ff";
+  ctx.lineWidth = Math.max(1, Math.round(Math.max(w, h) / 128));
+  ctx.strokeRect(x0 + 0.5, y0 + 0.5, Math.max(x1 - x0 - 1, 1), Math.max(y1 - y0 - 1, 1));
+}
+
+function renderHeatmap(model, ui) {
+  const [h, w] = model.get("shape");
+  const n = h * w;
+  if (!n) return null;
+  const rgb = model.get("image") ? view(model.get("image"), Uint8Array) : null;
+  const heat = model.get("heat") ? view(model.get("heat"), Float32Array) : null;
+  let indices = null;
+  let lo = 0, hi = 1;
+  if (heat && heat.length === n) {
+    [lo, hi] = range(heat, model.get("signed"), model.get("vmax"));
+    indices = toIndices(heat, lo, hi);
+  }
+  const pixels = blend(rgb && rgb.length === n * 3 ? rgb : null, indices, lut(cmapName(model)),
+    rgb ? model.get("opacity") : 1, n);
+  drawPixels(ui.canvas, pixels, w, h, model.get("size"));
+  drawRect(ui.canvas, model.get("rect"), w, h);
+  ui.canvas.onmousemove = (event) => {
+    const box = ui.canvas.getBoundingClientRect();
+    const x = Math.floor(((event.clientX - box.left) / box.width) * w);
+    const y = Math.floor(((event.clientY - box.top) / box.height) * h);
+    if (x < 0 || y < 0 || x >= w || y >= h) return;
+    const value = heat && heat.length === n ? heat[y * w + x] : null;
+    const names = model.get("legend");
+    if (model.get("kind") === "labels" && value !== null && names[value]) {
+      ui.hover.textContent = `(${y}, ${x}) ${names[value][0]}`;
+    } else {
+      ui.hover.textContent = value === null ? `(${y}, ${x})` : `(${y}, ${x}) ${value.toPrecision(4)}`;
+    }
+    ui.hover.dataset.value = value === null ? "" : String(value);
+  };
+  ui.scale.textContent = indices ? `scale ${lo.toPrecision(3)} … ${hi.toPrecision(3)}` : "";
+  return true;
+}
+
+function renderLabels(model, ui) {
+  const [h, w] = model.get("shape");
+  const n = h * w;
+  const labels = view(model.get("heat"), Float32Array);
+  if (!n || labels.length !== n) return null;
+  const legend = model.get("legend");
+  const pixels = new Uint8ClampedArray(n * 4);
+  for (let i = 0; i < n; i++) {
+    const color = (legend[labels[i]] || ["", [0, 0, 0]])[1];
+    pixels.set([color[0], color[1], color[2], 255], i * 4);
+  }
+  drawPixels(ui.canvas, pixels, w, h, model.get("size"));
+  renderHeatmapHover(model, ui, labels, w, h);
+  ui.legend.replaceChildren();
+  const present = new Set(labels);
+  legend.forEach(([name, color], index) => {
+    if (!present.has(index)) return;
+    const item = el("span", "cl-legend-item", ui.legend);
+    el("span", "cl-swatch", item).style.background = hex(color);
+    el("span", "", item).textContent = name;
+  });
+  return true;
+}
+
+function renderHeatmapHover(model, ui, values, w, h) {
+  const legend = model.get("legend");
+  ui.canvas.onmousemove = (event) => {
+    const box = ui.canvas.getBoundingClientRect();
+    const x = Math.floor(((event.clientX - box.left) / box.width) * w);
+    const y = Math.floor(((event.clientY - box.top) / box.height) * h);
+    if (x < 0 || y < 0 || x >= w || y >= h) return;
+    const v = values[y * w + x];
+    ui.hover.textContent = `(${y}, ${x}) ${legend[v] ? legend[v][0] : v}`;
+    ui.hover.dataset.value = String(v);
+  };
+}
+
+function renderGrid(model, ui) {
+  const [count, th, tw, channels] = model.get("shape");
+  const data = view(model.get("heat"), Float32Array);
+  const tile = th * tw * (channels || 1);
+  if (!count || data.length !== count * tile) return null;
+  const cols = Math.ceil(Math.sqrt(count));
+  const rows = Math.ceil(count / cols);
+  const gap = 1;
+  const W = cols * (tw + gap), H = rows * (th + gap);
+  const pixels = new Uint8ClampedArray(W * H * 4).fill(255);
+  const table = lut(cmapName(model));
+  for (let t = 0; t < count; t++) {
+    const values = data.subarray(t * tile, (t + 1) * tile);
+    const [lo, hi] = range(values, false, 0);
+    const idx = toIndices(values, lo, hi);
+    const ox = (t % cols) * (tw + gap), oy = Math.floor(t / cols) * (th + gap);
+    for (let y = 0; y < th; y++) {
+      for (let x = 0; x < tw; x++) {
+        const p = ((oy + y) * W + ox + x) * 4;
+        if (channels === 3) {
+          for (let c = 0; c < 3; c++) pixels[p + c] = idx[c * th * tw + y * tw + x];
+        } else {
+          const k = idx[y * tw + x] * 3;
+          pixels[p] = table[k]; pixels[p + 1] = table[k + 1]; pixels[p + 2] = table[k + 2];
+        }
+        pixels[p + 3] = 255;
+      }
+    }
+  }
+  drawPixels(ui.canvas, pixels, W, H, model.get("size"));
+  const zoom = (t) => {
+    if (t < 0 || t >= count) return;
+    const values = data.subarray(t * tile, (t + 1) * tile);
+    const [lo, hi] = range(values, false, 0);
+    const idx = toIndices(values, lo, hi);
+    const px = new Uint8ClampedArray(th * tw * 4);
+    for (let i = 0; i < th * tw; i++) {
+      if (channels === 3) {
+        for (let c = 0; c < 3; c++) px[i * 4 + c] = idx[c * th * tw + i];
+      } else {
+        px.set(table.subarray(idx[i] * 3, idx[i] * 3 + 3), i * 4);
+      }
+      px[i * 4 + 3] = 255;
+    }
+    drawPixels(ui.zoom, px, tw, th, Math.min(model.get("size"), 192));
+    ui.zoomInfo.textContent = `#${t}: min ${lo.toPrecision(3)}, max ${hi.toPrecision(3)}`;
+    ui.zoom.hidden = false;
+  };
+  ui.canvas.onclick = (event) => {
+    const box = ui.canvas.getBoundingClientRect();
+    const x = Math.floor(((event.clientX - box.left) / box.width) * W / (tw + gap));
+    const y = Math.floor(((event.clientY - box.top) / box.height) * H / (th + gap));
+    const t = y * cols + x;
+    if (t < count) {
+      model.set("selected", t);
+      model.save_changes();
+      zoom(t);
+    }
+  };
+  ui.canvas.onmousemove = (event) => {
+    const box = ui.canvas.getBoundingClientRect();
+    const x = Math.floor(((event.clientX - box.left) / box.width) * W / (tw + gap));
+    const y = Math.floor(((event.clientY - box.top) / box.height) * H / (th + gap));
+    ui.hover.textContent = y * cols + x < count ? `#${y * cols + x}` : "";
+  };
+  zoom(model.get("selected"));
+  return true;
+}
+
+function renderBars(model, ui) {
+  const bars = model.get("bars");
+  ui.bars.replaceChildren();
+  for (const [name, prob] of bars) {
+    const row = el("div", "cl-bar-row", ui.bars);
+    el("span", "cl-bar-name", row).textContent = name;
+    const track = el("span", "cl-bar-track", row);
+    el("span", "cl-bar-fill", track).style.width = `${Math.max(0, Math.min(1, prob)) * 100}%`;
+    el("span", "cl-bar-prob", row).textContent = `${(prob * 100).toFixed(1)}%`;
+  }
+  return bars.length > 0 || null;
+}
+
+const RENDERERS = { heatmap: renderHeatmap, image: renderHeatmap, labels: renderLabels, grid: renderGrid, bars: renderBars };
+
+function render({ model, el: root }) {
+  root.classList.add("cnnlens-panel");
+  guardKeys(root);
+  const ui = {};
+  ui.title = el("div", "cl-title", root);
+  ui.canvas = el("canvas", "cl-canvas", root);
+  ui.zoom = el("canvas", "cl-zoom", root);
+  ui.zoom.hidden = true;
+  ui.zoomInfo = el("div", "cl-zoom-info", root);
+  ui.bars = el("div", "cl-bars", root);
+  ui.hover = el("div", "cl-hover", root);
+  ui.scale = el("div", "cl-scale", root);
+  ui.legend = el("div", "cl-legend", root);
+  const status = el("div", "cl-status", root);
+  ui.progress = el("progress", "cl-progress", status);
+  ui.progress.max = 1;
+  ui.stop = el("button", "cl-stop", status);
+  ui.stop.textContent = "Stop";
+  ui.stop.onclick = () => model.send({ type: "stop" });
+  ui.error = el("div", "cl-error", root);
+  let count = 0;
+
+  const draw = () => {
+    const kind = model.get("kind");
+    ui.title.textContent = model.get("title");
+    ui.canvas.hidden = kind === "bars";
+    let drawn = null;
+    try {
+      drawn = (RENDERERS[kind] || renderHeatmap)(model, ui);
+    } catch (error) {
+      ui.error.textContent = `display error: ${error}`;
+    }
+    if (drawn) {
+      count += 1;
+      root.dataset.renderCount = String(count);
+    }
+    root.dataset.kind = kind;
+  };
+  const showStatus = () => {
+    const state = model.get("status");
+    root.dataset.status = state;
+    ui.progress.value = model.get("progress");
+    status.hidden = state !== "running";
+    ui.error.textContent = model.get("error");
+    ui.error.hidden = !model.get("error");
+  };
+  const events = ["change:image", "change:heat", "change:shape", "change:cmap", "change:cmap_index", "change:opacity", "change:signed",
+    "change:vmax", "change:rect", "change:legend", "change:bars", "change:size", "change:title", "change:kind"];
+  const statusEvents = ["change:status", "change:progress", "change:error"];
+  events.forEach((e) => model.on(e, draw));
+  statusEvents.forEach((e) => model.on(e, showStatus));
+  draw();
+  showStatus();
+  return () => {
+    events.forEach((e) => model.off(e, draw));
+    statusEvents.forEach((e) => model.off(e, showStatus));
+  };
+}
+
+export default { render };
+export { COLORMAPS };
