@@ -38,7 +38,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cnnlens' has no attribute {name!r}")
 
 __all__ = [
-    "Lens", "demo", "METHODS", "CancelToken", "Cancelled", "Explanation", "InputSpec", "LayerInfo", "Objective", "Prediction",
+    "METHODS", "CancelToken", "Cancelled", "Explanation", "InputSpec", "LayerInfo", "Lens", "Objective", "Prediction",
+    "demo",
     "cam", "channel", "configure", "deconvnet", "direction", "gradcam", "guided_backprop", "input_x_gradient",
     "integrated_gradients", "layers", "lime", "logit", "neuron", "occlusion", "predicted", "prob", "saliency",
     "smoothgrad", "zoo",

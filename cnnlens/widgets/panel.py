@@ -99,7 +99,8 @@ class Panel(anywidget.AnyWidget):
             payload["image"] = b""
         if heat is not None:
             mode = "nearest" if self.kind == "labels" else "area"
-            payload["heat"] = _fit(heat.detach().cpu().float(), self.max_side, mode).numpy().astype(np.float32).tobytes()
+            fitted_heat = _fit(heat.detach().cpu().float(), self.max_side, mode)
+            payload["heat"] = fitted_heat.numpy().astype(np.float32).tobytes()
         else:
             payload["heat"] = b""
         fitted = _fit(torch.zeros(1, h, w), self.max_side)
