@@ -30,11 +30,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``cl.Lens`` and ``cl.demo`` load the widget layer (ipywidgets, anywidget) on first use."""
-    if name in ("Lens", "demo"):
+    """``cl.Lens``, ``cl.demo`` and ``cl.widgets`` load the widget layer (ipywidgets, anywidget) on first use."""
+    if name in ("Lens", "demo", "widgets"):
         from . import widgets
 
-        return getattr(widgets, name)
+        return widgets if name == "widgets" else getattr(widgets, name)
     raise AttributeError(f"module 'cnnlens' has no attribute {name!r}")
 
 __all__ = [

@@ -1,0 +1,140 @@
+"""A real browser against a real JupyterLab, both started by the tests.
+
+JupyterLab runs on 127.0.0.1 with an empty token; Debian's Chromium is
+driven by Playwright (never `playwright install`). Tests wait on DOM markers
+(`data-render-count`, `data-status`, the status bar's "Idle"), not sleeps.
+Screenshots go to test-artifacts/screenshots/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent.parent.parent / "test-artifacts" / "screenshots"
+LAUNCH_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _quiet_news() -> None:
+    """Turn off JupyterLab's news pop-up for this environment."""
+    path = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = json.loads(path.read_text()) if path.is_file() else {}
+    settings["@jupyterlab/apputils-extension:notification"] = {"fetchNews": "false", "checkForUpdates": False}
+    path.write_text(json.dumps(settings))
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    """A JupyterLab server on 127.0.0.1 serving a temporary folder; yields (base url, folder)."""
+    _quiet_news()
+    root = tmp_path_factory.mktemp("lab")
+    port = _free_port()
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(root / ".runtime"), PYTHONUNBUFFERED="1")
+    log = open(root / "lab.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+         "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
+         f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True", "--allow-root"],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status", timeout=2)
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("JupyterLab did not start: " + (root / "lab.log").read_text()[-2000:]) from None
+            time.sleep(0.3)
+    yield url, root
+    server.terminate()
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def write_notebook(root: Path, name: str, cells: list[str]) -> str:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / name)
+    return name
+
+
+class Notebook:
+    """A notebook open in JupyterLab, with its cells run."""
+
+    def __init__(self, page, url: str, name: str):
+        self.page = page
+        self.alerts: list[str] = []
+        page.on("dialog", lambda dialog: (self.alerts.append(dialog.message), dialog.dismiss()))
+        page.goto(f"{url}/lab/tree/{name}")
+        page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=120_000)
+        self.wait_idle()
+
+    def wait_idle(self, timeout: float = 120_000) -> None:
+        self.page.wait_for_function(
+            "() => [...document.querySelectorAll('#jp-main-statusbar *')].some(e => e.textContent.includes('Idle'))",
+            timeout=timeout)
+
+    def run_all(self) -> None:
+        self.page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        self.page.wait_for_timeout(500)  # let the kernel pick the cells up before waiting for Idle again
+        self.wait_idle(300_000)
+
+    def screenshot(self, name: str, locator=None) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        (locator or self.page).screenshot(path=str(path))
+        return path
+
+
+@pytest.fixture
+def open_notebook(lab, browser):
+    url, root = lab
+    pages = []
+
+    def opener(name: str, cells: list[str]) -> Notebook:
+        write_notebook(root, name, cells)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        pages.append(page)
+        notebook = Notebook(page, url, name)
+        notebook.run_all()
+        return notebook
+
+    yield opener
+    for page in pages:
+        page.close()

@@ -1,0 +1,199 @@
+"""Every view of the Lens in real JupyterLab + Chromium: renders, reacts to controls, stops, shows errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import Notebook, write_notebook
+
+CANVAS = "el => { const c = el.querySelector('canvas.cl-canvas'); return c && !c.hidden ? c.toDataURL() : '' }"
+
+
+@pytest.fixture(scope="module")
+def demo(lab, browser):
+    url, root = lab
+    write_notebook(root, "demo.ipynb", ["import cnnlens as cl\nlens = cl.demo()\nlens"])
+    page = browser.new_page(viewport={"width": 1500, "height": 1200})
+    notebook = Notebook(page, url, "demo.ipynb")
+    notebook.run_all()
+    yield notebook
+    page.close()
+
+
+def visible_panels(page):
+    return page.locator(".cnnlens-panel:visible")
+
+
+def wait_rendered(page, count: int = 1, timeout: float = 60_000) -> None:
+    page.wait_for_function(
+        f"""() => {{ const ps = [...document.querySelectorAll('.cnnlens-panel')].filter(p => p.offsetParent);
+                    return ps.length > 0 && ps.every(p => +(p.dataset.renderCount || 0) >= {count}
+                                                      || p.dataset.kind === 'grid' && p.closest('[style*="none"]')); }}""",
+        timeout=timeout)
+
+
+def open_tab(page, title: str) -> None:
+    page.locator(".lm-TabBar-tab", has_text=title).first.click()
+    page.wait_for_function(
+        """title => [...document.querySelectorAll('.lm-TabBar-tab.lm-mod-current')].some(t => t.textContent.includes(title))""",
+        arg=title)
+
+
+def render_count(panel) -> int:
+    return int(panel.evaluate("el => +(el.dataset.renderCount || 0)"))
+
+
+def wait_redraw(page, panel, before: int, timeout: float = 60_000) -> None:
+    handle = panel.element_handle()
+    page.wait_for_function("([el, n]) => +(el.dataset.renderCount || 0) > n && el.dataset.status !== 'running'",
+                           arg=[handle, before], timeout=timeout)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick a dropdown option by its visible text."""
+    page.locator(f".widget-dropdown:visible:has(label:text-is('{label}')) select").select_option(label=option)
+
+
+def set_slider(page, label: str, value: int) -> None:
+    readout = page.locator(f".widget-slider:visible:has(label:text-is('{label}')) .widget-readout")
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(str(value))
+    page.keyboard.press("Enter")
+
+
+def test_every_view_renders(demo: Notebook):
+    page = demo.page
+    for tab, panels in (("Activations", 4), ("Attribution", 1), ("Occlusion", 3), ("DeconvNet", 3)):
+        open_tab(page, tab)
+        wait_rendered(page)
+        assert visible_panels(page).count() == panels
+        demo.screenshot(f"view_{tab.lower()}", page.locator(".widget-tab:visible").first)
+
+
+def test_attribution_controls_change_the_drawing(demo: Notebook):
+    page = demo.page
+    open_tab(page, "Attribution")
+    wait_rendered(page)
+    panel = visible_panels(page).first
+    for label in ("Gradient saliency", "Occlusion", "LIME"):
+        before_pixels, before = panel.evaluate(CANVAS), render_count(panel)
+        choose(page, "method", label)
+        wait_redraw(page, panel, before)
+        page.wait_for_function("([el, t]) => el.querySelector('.cl-title').textContent.startsWith(t)",
+                               arg=[panel.element_handle(), label])  # the title comes back from the kernel
+        assert panel.evaluate(CANVAS) != before_pixels, label
+    before_pixels, before = panel.evaluate(CANVAS), render_count(panel)
+    set_slider(page, "samples", 120)  # LIME's own control
+    wait_redraw(page, panel, before)
+    assert panel.evaluate(CANVAS) != before_pixels
+    # display controls change the drawing in the browser alone
+    before_pixels = panel.evaluate(CANVAS)
+    choose(page, "colormap", "viridis")
+    page.wait_for_function("([el, p]) => el.querySelector('canvas').toDataURL() !== p",
+                           arg=[panel.element_handle(), before_pixels])
+    # hover shows the value under the cursor
+    panel.locator("canvas.cl-canvas").hover(position={"x": 100, "y": 100})
+    assert panel.locator(".cl-hover").text_content().startswith("(")
+    demo.screenshot("attribution_lime", page.locator(".widget-tab:visible").first)
+
+
+def test_target_and_image_picker_reach_the_kernel(demo: Notebook):
+    page = demo.page
+    open_tab(page, "Attribution")
+    choose(page, "method", "Grad-CAM")
+    panel = visible_panels(page).first
+    wait_rendered(page)
+    before_pixels, before = panel.evaluate(CANVAS), render_count(panel)
+    page.locator(".widget-dropdown:visible:has(label:text-is('target')) select").select_option(index=1)
+    wait_redraw(page, panel, before)
+    assert panel.evaluate(CANVAS) != before_pixels
+    before_pixels, before = panel.evaluate(CANVAS), render_count(panel)
+    set_slider(page, "image", 7)
+    wait_redraw(page, panel, before)
+    assert panel.evaluate(CANVAS) != before_pixels
+
+
+def test_activations_layer_and_zoom(demo: Notebook):
+    page = demo.page
+    open_tab(page, "Activations")
+    wait_rendered(page)
+    grid = page.locator(".cnnlens-panel:visible[data-kind='grid']").first
+    before_pixels, before = grid.evaluate(CANVAS), render_count(grid)
+    choose(page, "layer", "stage3")
+    wait_redraw(page, grid, before)
+    assert grid.evaluate(CANVAS) != before_pixels
+    grid.locator("canvas.cl-canvas").click(position={"x": 5, "y": 5})
+    page.wait_for_function("el => el.querySelector('.cl-zoom-info').textContent.startsWith('#0')",
+                           arg=grid.element_handle())
+    assert "max" in grid.locator(".cl-zoom-info").text_content()
+
+
+def test_deconvnet_unit_and_layer(demo: Notebook):
+    page = demo.page
+    open_tab(page, "DeconvNet")
+    wait_rendered(page)
+    projection = visible_panels(page).nth(1)
+    before_pixels, before = projection.evaluate(CANVAS), render_count(projection)
+    set_slider(page, "unit", 5)
+    wait_redraw(page, projection, before)
+    assert projection.evaluate(CANVAS) != before_pixels
+    before = render_count(projection)
+    choose(page, "layer", "stage2")
+    wait_redraw(page, projection, before)
+    demo.screenshot("deconvnet_stage2", page.locator(".widget-tab:visible").first)
+
+
+def test_occlusion_sliders_and_stop(demo: Notebook):
+    page = demo.page
+    open_tab(page, "Occlusion")
+    wait_rendered(page)
+    prob = visible_panels(page).first
+    before_pixels, before = prob.evaluate(CANVAS), render_count(prob)
+    set_slider(page, "mask size", 24)
+    wait_redraw(page, prob, before)
+    assert prob.evaluate(CANVAS) != before_pixels
+    assert visible_panels(page).nth(2).locator(".cl-legend-item").count() >= 1
+    # a long occlusion (every pixel, small mask) is interrupted by Stop
+    set_slider(page, "mask size", 3)
+    set_slider(page, "stride", 1)
+    page.wait_for_function("el => el.dataset.status === 'running'", arg=prob.element_handle(), timeout=30_000)
+    prob.locator(".cl-stop").click()
+    page.wait_for_function("el => el.dataset.status === 'idle'", arg=prob.element_handle(), timeout=10_000)
+    demo.screenshot("occlusion", page.locator(".widget-tab:visible").first)
+
+
+def test_errors_show_inside_the_widget(demo: Notebook):
+    page = demo.page
+    open_tab(page, "Attribution")
+    choose(page, "method", "Grad-CAM")
+    wait_rendered(page)
+    panel = visible_panels(page).first
+    good = panel.evaluate(CANVAS)
+    choose(page, "method", "CAM")
+    choose(page, "layer", "stage2")  # CAM needs the GAP layer: a clear error, shown in the panel
+    page.wait_for_function("el => el.dataset.status === 'error'", arg=panel.element_handle(), timeout=30_000)
+    assert "gradcam" in panel.locator(".cl-error").text_content()
+    assert panel.evaluate(CANVAS) != ""  # the last good image stays
+    assert good
+    choose(page, "layer", "stage4")
+    page.wait_for_function("el => el.dataset.status === 'idle' && !el.querySelector('.cl-error').textContent",
+                           arg=panel.element_handle(), timeout=30_000)
+
+
+def test_class_names_render_as_text(open_notebook):
+    evil = "<img src=x onerror=alert({})>"
+    notebook = open_notebook("xss.ipynb", [
+        "import cnnlens as cl\n"
+        "model, data = cl.zoo.shapes()\n"
+        f"cl.configure(model, input_size=64, classes=[{evil!r}.format(i) for i in range(8)])\n"
+        "cl.widgets.ActivationsView(model, data)",
+    ])
+    page = notebook.page
+    wait_rendered(page)
+    bars = page.locator(".cnnlens-panel[data-kind='bars']").first
+    page.wait_for_function("el => el.querySelectorAll('.cl-bar-row').length === 5", arg=bars.element_handle())
+    texts = bars.locator(".cl-bar-name").all_text_contents()
+    assert all(t.startswith("<img src=x onerror=alert(") for t in texts), texts
+    assert page.locator(".cnnlens-panel img").count() == 0
+    assert notebook.alerts == []
