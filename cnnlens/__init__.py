@@ -32,8 +32,9 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     """``cl.Lens``, ``cl.demo`` and ``cl.widgets`` load the widget layer (ipywidgets, anywidget) on first use."""
     if name in ("Lens", "demo", "widgets"):
-        from . import widgets
+        import importlib
 
+        widgets = importlib.import_module(f"{__name__}.widgets")
         return widgets if name == "widgets" else getattr(widgets, name)
     raise AttributeError(f"module 'cnnlens' has no attribute {name!r}")
 
