@@ -113,8 +113,15 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
         shape = (len(batch.x), len(ys), len(xs))
         target_grid, unit_grid, label_grid = (torch.stack(grids[k]).view(shape) for k in ("target", "unit", "label"))
         coverage = windows.float().flatten(1)
-        counts = coverage.sum(0).clamp(min=1)
-        spread = lambda grid: (grid.flatten(1).float() @ coverage / counts).view(-1, h, w)  # noqa: E731
+        counts = coverage.sum(0)
+        uncovered = (counts == 0).view(h, w)  # only when stride > mask_size
+
+        def spread(grid: torch.Tensor) -> torch.Tensor:
+            """Per pixel, the mean over the mask positions covering it (nearest position if none does)."""
+            mean = (grid.flatten(1).float() @ coverage / counts.clamp(min=1)).view(-1, h, w)
+            if uncovered.any():
+                mean = torch.where(uncovered, _nearest(grid.float(), ys, xs, mask_size, size), mean)
+            return mean
         extras = {
             "unit_map": spread(unit_grid).cpu(),
             "label_map": _nearest(label_grid, ys, xs, mask_size, size).cpu(),
