@@ -235,6 +235,7 @@ function render({ model, el: root }) {
     }
     if (drawn) {
       count += 1;
+      root.dataset.computeMs = String(model.get("compute_ms"));
       root.dataset.renderCount = String(count);
     }
     root.dataset.kind = kind;
@@ -247,15 +248,25 @@ function render({ model, el: root }) {
     ui.error.textContent = model.get("error");
     ui.error.hidden = !model.get("error");
   };
+  // One message from Python changes several traits at once: draw once after all of them.
+  let scheduled = false;
+  const schedule = () => {
+    if (scheduled) return;
+    scheduled = true;
+    queueMicrotask(() => {
+      scheduled = false;
+      draw();
+    });
+  };
   const events = ["change:image", "change:heat", "change:shape", "change:cmap", "change:cmap_index", "change:opacity", "change:signed",
     "change:vmax", "change:rect", "change:legend", "change:bars", "change:size", "change:title", "change:kind"];
   const statusEvents = ["change:status", "change:progress", "change:error"];
-  events.forEach((e) => model.on(e, draw));
+  events.forEach((e) => model.on(e, schedule));
   statusEvents.forEach((e) => model.on(e, showStatus));
   draw();
   showStatus();
   return () => {
-    events.forEach((e) => model.off(e, draw));
+    events.forEach((e) => model.off(e, schedule));
     statusEvents.forEach((e) => model.off(e, showStatus));
   };
 }

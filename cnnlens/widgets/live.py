@@ -100,6 +100,7 @@ class LiveRunner:
 
         for panel in self.panels:
             panel.running(0.0)
+        start = time.perf_counter()
         try:
             result = compute(progress, token, partial)
         except Cancelled:
@@ -113,6 +114,9 @@ class LiveRunner:
                     panel.fail(self.last_error)
             return
         if self._current(generation):
+            elapsed = (time.perf_counter() - start) * 1000
+            for panel in self.panels:
+                panel.compute_ms = elapsed
             try:
                 publish(result)
             except Exception as error:

@@ -67,6 +67,7 @@ class Panel(anywidget.AnyWidget):
     status = traitlets.Unicode("idle").tag(sync=True)
     progress = traitlets.Float(0.0).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
+    compute_ms = traitlets.Float(0.0).tag(sync=True)  # how long the kernel computed the shown result
 
     def __init__(self, kind: str = "heatmap", title: str = "", max_side: int = 320, **kwargs):
         if kind not in KINDS:

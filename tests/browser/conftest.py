@@ -101,7 +101,8 @@ class Notebook:
         self.page = page
         self.alerts: list[str] = []
         page.on("dialog", lambda dialog: (self.alerts.append(dialog.message), dialog.dismiss()))
-        page.goto(f"{url}/lab/tree/{name}")
+        workspace = Path(name).stem  # a workspace of its own: no other notebook restored beside it
+        page.goto(f"{url}/lab/workspaces/{workspace}/tree/{name}?reset")
         page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=120_000)
         self.wait_idle()
 

@@ -190,7 +190,10 @@ def test_class_names_render_as_text(open_notebook):
         "cl.widgets.ActivationsView(model, data)",
     ])
     page = notebook.page
-    wait_rendered(page)
+    try:
+        wait_rendered(page)
+    finally:
+        notebook.screenshot("xss")
     bars = page.locator(".cnnlens-panel[data-kind='bars']").first
     page.wait_for_function("el => el.querySelectorAll('.cl-bar-row').length === 5", arg=bars.element_handle())
     texts = bars.locator(".cl-bar-name").all_text_contents()
