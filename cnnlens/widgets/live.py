@@ -18,6 +18,8 @@ from typing import Any
 from ..core.progress import Cancelled, CancelToken
 from .panel import Panel
 
+SHOW_PROGRESS_AFTER = 0.15  # seconds before a job shows its progress bar and Stop button
+
 Compute = Callable[[Callable[[int, int], None], CancelToken, Callable[[Any], None]], Any]
 
 
@@ -86,28 +88,34 @@ class LiveRunner:
 
     def _run(self, generation: int, compute: Compute, publish: Callable[[Any], None], token: CancelToken) -> None:
         last = [0.0]
+        shown = threading.Event()  # progress is only shown for work that takes a while: fewer messages
+
+        def show_running(fraction: float = 0.0) -> None:
+            shown.set()
+            for panel in self.panels:
+                panel.running(fraction)
 
         def progress(done: int, total: int) -> None:
             now = time.monotonic()
-            if now - last[0] > 0.05 or done == total:  # at most 20 updates a second
+            if shown.is_set() and (now - last[0] > 0.05 or done == total):  # at most 20 updates a second
                 last[0] = now
-                for panel in self.panels:
-                    panel.running(done / max(total, 1))
+                show_running(done / max(total, 1))
 
         def partial(result: Any) -> None:
             if self._current(generation):
                 publish(result)
 
-        for panel in self.panels:
-            panel.running(0.0)
+        timer = threading.Timer(SHOW_PROGRESS_AFTER, show_running)
+        timer.daemon = True
+        timer.start()
         start = time.perf_counter()
         try:
             result = compute(progress, token, partial)
         except Cancelled:
-            for panel in self.panels:
-                panel.done()
+            self._finish(timer, shown)
             return
         except Exception as error:  # shown in the widget; the kernel stays usable
+            timer.cancel()
             self.last_error = "".join(traceback.format_exception_only(type(error), error)).strip()
             if self._current(generation):
                 for panel in self.panels:
@@ -116,15 +124,21 @@ class LiveRunner:
         if self._current(generation):
             elapsed = (time.perf_counter() - start) * 1000
             for panel in self.panels:
-                panel.compute_ms = elapsed
+                panel.next_compute_ms = elapsed
             try:
                 publish(result)
             except Exception as error:
+                timer.cancel()
                 self.last_error = f"{type(error).__name__}: {error}"
                 for panel in self.panels:
                     panel.fail(self.last_error)
                 return
             self.completed += 1
             self.last_error = None
+        self._finish(timer, shown)
+
+    def _finish(self, timer: threading.Timer, shown: threading.Event) -> None:
+        timer.cancel()
         for panel in self.panels:
-            panel.done()
+            if shown.is_set() or panel.status != "idle":
+                panel.done()

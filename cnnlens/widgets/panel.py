@@ -74,6 +74,7 @@ class Panel(anywidget.AnyWidget):
             raise ValueError(f"Unknown panel kind {kind!r}. Valid: {', '.join(KINDS)}.")
         super().__init__(kind=kind, title=title, **kwargs)
         self.max_side = max_side
+        self.next_compute_ms = 0.0  # set by the live runner; sent with the next result
         self._stop_handlers: list = []
         self.on_msg(self._message)
 
@@ -143,7 +144,11 @@ class Panel(anywidget.AnyWidget):
         with self.hold_sync():
             for key, value in payload.items():
                 setattr(self, key, value)
-            self.error = ""
+            self.compute_ms = self.next_compute_ms
+            if self.error:
+                self.error = ""
+            if self.status == "error":
+                self.status = "idle"
 
     # --- status -------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 import nbformat
 import pytest
@@ -44,11 +45,15 @@ def _quiet_news() -> None:
     path.write_text(json.dumps(settings))
 
 
-@pytest.fixture(scope="session")
-def lab(tmp_path_factory):
-    """A JupyterLab server on 127.0.0.1 serving a temporary folder; yields (base url, folder)."""
+class Lab(NamedTuple):
+    url: str
+    root: Path
+    pid: int
+
+
+def start_lab(root: Path) -> tuple[subprocess.Popen, str]:
+    """Start JupyterLab on 127.0.0.1 serving ``root`` (empty token, no XSRF check); wait until it answers."""
     _quiet_news()
-    root = tmp_path_factory.mktemp("lab")
     port = _free_port()
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(root / ".runtime"), PYTHONUNBUFFERED="1")
     log = open(root / "lab.log", "w")
@@ -57,23 +62,35 @@ def lab(tmp_path_factory):
          "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
          f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True", "--allow-root"],
         stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
         try:
             urllib.request.urlopen(f"{url}/api/status", timeout=2)
-            break
+            return server, url
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
                 raise RuntimeError("JupyterLab did not start: " + (root / "lab.log").read_text()[-2000:]) from None
             time.sleep(0.3)
-    yield url, root
+
+
+def stop_lab(server: subprocess.Popen) -> None:
     server.terminate()
     try:
         server.wait(20)
     except subprocess.TimeoutExpired:
         server.kill()
-    log.close()
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    """A JupyterLab server on 127.0.0.1 serving a temporary folder."""
+    root = tmp_path_factory.mktemp("lab")
+    server, url = start_lab(root)
+    yield Lab(url, root, server.pid)
+    stop_lab(server)
 
 
 @pytest.fixture(scope="session")
@@ -116,6 +133,23 @@ class Notebook:
         self.page.wait_for_timeout(500)  # let the kernel pick the cells up before waiting for Idle again
         self.wait_idle(300_000)
 
+    def run_code(self, code: str, marker: str, timeout: float = 120_000) -> str:
+        """Append a cell with ``code``, run it, and return its output once it contains ``marker``."""
+        self.page.evaluate(
+            """async (code) => {
+                const app = window.jupyterapp;
+                const panel = app.shell.currentWidget;
+                panel.content.activeCellIndex = panel.content.widgets.length - 1;
+                await app.commands.execute('notebook:insert-cell-below');
+                panel.content.activeCell.model.sharedModel.setSource(code);
+                await app.commands.execute('notebook:run-cell');
+            }""", code)
+        self.page.wait_for_function(
+            "m => [...document.querySelectorAll('.jp-OutputArea-output')].some(o => o.textContent.includes(m))",
+            arg=marker, timeout=timeout)
+        outputs = self.page.locator(".jp-OutputArea-output", has_text=marker)
+        return outputs.last.text_content()
+
     def screenshot(self, name: str, locator=None) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"
@@ -125,7 +159,7 @@ class Notebook:
 
 @pytest.fixture
 def open_notebook(lab, browser):
-    url, root = lab
+    url, root, _ = lab
     pages = []
 
     def opener(name: str, cells: list[str]) -> Notebook:

@@ -11,7 +11,7 @@ CANVAS = "el => { const c = el.querySelector('canvas.cl-canvas'); return c && !c
 
 @pytest.fixture(scope="module")
 def demo(lab, browser):
-    url, root = lab
+    url, root, _ = lab
     write_notebook(root, "demo.ipynb", ["import cnnlens as cl\nlens = cl.demo()\nlens"])
     page = browser.new_page(viewport={"width": 1500, "height": 1200})
     notebook = Notebook(page, url, "demo.ipynb")
@@ -27,15 +27,15 @@ def visible_panels(page):
 def wait_rendered(page, count: int = 1, timeout: float = 60_000) -> None:
     page.wait_for_function(
         f"""() => {{ const ps = [...document.querySelectorAll('.cnnlens-panel')].filter(p => p.offsetParent);
-                    return ps.length > 0 && ps.every(p => +(p.dataset.renderCount || 0) >= {count}
-                                                      || p.dataset.kind === 'grid' && p.closest('[style*="none"]')); }}""",
+                    return ps.length > 0 && ps.every(p => +(p.dataset.renderCount || 0) >= {count}); }}""",
         timeout=timeout)
 
 
 def open_tab(page, title: str) -> None:
     page.locator(".lm-TabBar-tab", has_text=title).first.click()
     page.wait_for_function(
-        """title => [...document.querySelectorAll('.lm-TabBar-tab.lm-mod-current')].some(t => t.textContent.includes(title))""",
+        """title => [...document.querySelectorAll('.lm-TabBar-tab.lm-mod-current')]
+                     .some(t => t.textContent.includes(title))""",
         arg=title)
 
 

@@ -1,0 +1,128 @@
+"""The widget layer without a browser: live runner semantics, binary payloads, sizes, errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cnnlens as cl
+from cnnlens.widgets import ActivationsView, AttributionView, DeconvView, OcclusionView, Panel
+from cnnlens.widgets.live import LiveRunner
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return cl.zoo.shapes(16)
+
+
+def test_latest_request_wins_and_stale_results_are_dropped():
+    panel = Panel("heatmap")
+    runner = LiveRunner([panel])
+    published = []
+    started = threading.Event()
+
+    def slow(progress, cancel, partial):
+        started.set()
+        for _ in range(200):
+            time.sleep(0.005)
+            if cancel():
+                raise cl.Cancelled()
+        return "slow"
+
+    runner.submit(slow, published.append)
+    started.wait(5)
+    for i in range(5):
+        runner.submit(lambda p, c, part, i=i: i, published.append)
+    assert runner.wait(10)
+    assert published == [4]
+
+
+def test_stop_cancels_running_work():
+    panel = Panel("heatmap")
+    runner = LiveRunner([panel])
+    published, started = [], threading.Event()
+
+    def endless(progress, cancel, partial):
+        started.set()
+        while not cancel():
+            time.sleep(0.01)
+        raise cl.Cancelled()
+
+    runner.submit(endless, published.append)
+    started.wait(5)
+    panel._message(panel, {"type": "stop"}, [])  # what the Stop button sends
+    assert runner.wait(5)
+    assert published == [] and panel.status == "idle"
+
+
+def test_errors_show_in_the_panel_and_keep_the_last_image():
+    panel = Panel("heatmap")
+    runner = LiveRunner([panel])
+    runner.submit(lambda *a: torch.ones(4, 4), lambda r: panel.show(torch.rand(3, 4, 4), r))
+    assert runner.wait(5)
+    good = panel.image
+
+    def broken(*_):
+        raise ValueError("mask_size 99 is larger than the image")
+
+    runner.submit(broken, lambda r: None)
+    assert runner.wait(5)
+    assert panel.status == "error" and "mask_size 99" in panel.error
+    assert panel.image == good
+
+
+def test_binary_payloads_and_downsampling():
+    panel = Panel("heatmap", max_side=100)
+    image, heat = torch.rand(3, 300, 200), torch.randn(300, 200)
+    panel.show(image, heat)
+    assert panel.shape == [100, 66]
+    assert isinstance(panel.image, bytes) and len(panel.image) == 100 * 66 * 3
+    values = np.frombuffer(panel.heat, dtype=np.float32)
+    assert values.size == 100 * 66 and np.isfinite(values).all()
+
+
+def test_views_compute_for_every_method(shapes):
+    model, data = shapes
+    view = AttributionView(model, data)
+    for name in cl.METHODS:
+        view.method.value = name
+        assert view.wait(60) and view.runner.last_error is None, (name, view.runner.last_error)
+        assert np.frombuffer(view.panel.heat, np.float32).size == 64 * 64
+    occlusion = OcclusionView(model, data)
+    assert occlusion.wait(60)
+    assert occlusion.label_panel.legend and occlusion.label_panel.shape == [64, 64]
+    deconv = DeconvView(model, data)
+    deconv.layer.value = "stage2"
+    assert deconv.wait(60) and deconv.unit.max == 31 and len(deconv.input_panel.rect) == 4
+
+
+def test_a_2048_channel_layer_still_renders_its_grid():
+    class Wide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2048, 3, padding=1)
+            self.fc = nn.Linear(2048, 4)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).relu().mean((2, 3)))
+
+    view = ActivationsView(Wide(), torch.rand(2, 3, 64, 64))
+    view.layer.value = "conv"
+    assert view.wait(60) and view.runner.last_error is None
+    count, h, w, _ = view.grid.shape
+    assert count == 2048 and len(view.grid.heat) == count * h * w * 4 <= 8_000_000 + 4 * count
+
+
+def test_lens_shares_one_image_picker(shapes):
+    model, data = shapes
+    lens = cl.Lens(model, data)
+    assert lens.wait(60)
+    lens.index.value = 3
+    assert lens.wait(60)
+    assert all(v.runner.last_error is None for v in lens.views.values())
+    assert all(v.index is lens.index for v in lens.views.values())
