@@ -51,16 +51,17 @@ class Lab(NamedTuple):
     pid: int
 
 
-def start_lab(root: Path) -> tuple[subprocess.Popen, str]:
-    """Start JupyterLab on 127.0.0.1 serving ``root`` (empty token, no XSRF check); wait until it answers."""
+def start_lab(root: Path, app: str = "jupyterlab") -> tuple[subprocess.Popen, str]:
+    """Start JupyterLab (or ``app="notebook"``: Notebook 7) on 127.0.0.1 serving ``root``; wait until it answers."""
     _quiet_news()
     port = _free_port()
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(root / ".runtime"), PYTHONUNBUFFERED="1")
     log = open(root / "lab.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+        [sys.executable, "-m", app, "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
          "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
-         f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True", "--allow-root"],
+         f"--ServerApp.root_dir={root}", "--allow-root",
+         "--LabApp.expose_app_in_browser=True" if app == "jupyterlab" else "--JupyterNotebookApp.expose_app_in_browser=True"],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     url = f"http://127.0.0.1:{port}"
