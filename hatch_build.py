@@ -20,4 +20,5 @@ class FrontEndBuildHook(BuildHookInterface):
         if not (js / "node_modules" / ".bin" / "esbuild").exists():
             subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=js, check=True)
         subprocess.run([npm, "run", "build"], cwd=js, check=True)
-        build_data["artifacts"].extend(["cnnlens/static/widget.js", "cnnlens/static/widget.css"])
+        build_data["artifacts"].extend(["cnnlens/static/widget.js", "cnnlens/static/widget.css",
+                                        "cnnlens/static/require.js", "cnnlens/static/embed-amd.js"])

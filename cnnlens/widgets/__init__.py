@@ -3,8 +3,10 @@
 from .activations import ActivationsView
 from .attribution import AttributionView
 from .deconv_view import DeconvView
+from .export import export_assets, export_html
 from .lens import Lens, demo
 from .occlusion_view import OcclusionView
 from .panel import Panel
 
-__all__ = ["ActivationsView", "AttributionView", "DeconvView", "Lens", "OcclusionView", "Panel", "demo"]
+__all__ = ["ActivationsView", "AttributionView", "DeconvView", "Lens", "OcclusionView", "Panel", "demo",
+           "export_assets", "export_html"]

@@ -61,7 +61,7 @@ def start_lab(root: Path, app: str = "jupyterlab") -> tuple[subprocess.Popen, st
         [sys.executable, "-m", app, "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
          "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
          f"--ServerApp.root_dir={root}", "--allow-root",
-         "--LabApp.expose_app_in_browser=True" if app == "jupyterlab" else "--JupyterNotebookApp.expose_app_in_browser=True"],
+         f"--{'LabApp' if app == 'jupyterlab' else 'JupyterNotebookApp'}.expose_app_in_browser=True"],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     url = f"http://127.0.0.1:{port}"
