@@ -254,3 +254,30 @@ def test_cuda_model_stays_on_cuda(default):
     for method in (cl.saliency, cl.gradcam, cl.guided_backprop, cl.occlusion, cl.integrated_gradients):
         assert method(model, default[1][0][0]).map.device.type == "cpu"
     assert_unchanged(model, before)
+
+
+def test_parallel_threads_on_one_model_do_not_see_each_others_hooks(default):
+    """Views compute in worker threads on the same shadow: hooks act only in their own thread."""
+    import threading
+
+    model, data = default
+    x = data.images[:2]
+    calls = [lambda: cl.gradcam(model, x, 1).map, lambda: cl.guided_backprop(model, x, 2).map,
+             lambda: cl.deconvnet(model, x, "stage3:4").map,
+             lambda: cl.occlusion(model, x, 3, mask_size=16, stride=8).map]
+    expected = [call() for call in calls]
+    errors = []
+
+    def worker(i: int) -> None:
+        try:
+            for _ in range(15):
+                torch.testing.assert_close(calls[i](), expected[i])
+        except Exception as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors

@@ -6,6 +6,10 @@ the stored tensors. The hook hands downstream layers a copy of the output, so
 an in-place op later in the network (``ReLU(inplace=True)``) cannot overwrite
 the captured activation; gradients flow through the copy unchanged.
 
+Hooks live on the shared shadow, so each one only acts in the thread that
+installed it: views computing in parallel threads never see each other's
+captures.
+
 ``stop_below`` makes the forward build no autograd graph until that layer's
 output: Grad-CAM then backpropagates only down to its layer, and the part of
 the network below it runs at inference cost.
@@ -13,6 +17,7 @@ the network below it runs at inference cost.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -40,9 +45,10 @@ def capture(net: nn.Module, names: Iterable[str], stop_below: str | None = None)
     handles = []
     names = set(names) | ({stop_below} if stop_below else set())
     grad_mode = torch.is_grad_enabled()
+    owner = threading.get_ident()
 
     def hook(name: str, _module: nn.Module, _inputs: Any, output: Any) -> Any:
-        if not isinstance(output, torch.Tensor):
+        if not isinstance(output, torch.Tensor) or threading.get_ident() != owner:
             return None
         if name == stop_below:
             torch.set_grad_enabled(True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -241,9 +242,11 @@ def probe_layers(net: nn.Module, forward: Callable[[torch.Tensor], Any], x: torc
     handles = []
     h, w = x.shape[-2:]
 
+    owner = threading.get_ident()
+
     def record(name: str, module: nn.Module, _inputs: Any, output: Any) -> None:
-        if not isinstance(output, torch.Tensor):
-            return
+        if not isinstance(output, torch.Tensor) or threading.get_ident() != owner:
+            return  # another thread's forward on the same shadow
         entry = seen.pop(name, {"calls": 0})  # re-insert: order = last completion
         entry.update(calls=entry["calls"] + 1, kind=type(module).__name__,
                      shape=tuple(output.shape[1:]), rf=mode.field(output))

@@ -87,11 +87,24 @@ def test_attribution_controls_change_the_drawing(demo: Notebook):
     set_slider(page, "samples", 120)  # LIME's own control
     wait_redraw(page, panel, before)
     assert panel.evaluate(CANVAS) != before_pixels
-    # display controls change the drawing in the browser alone
-    before_pixels = panel.evaluate(CANVAS)
-    choose(page, "colormap", "viridis")
-    page.wait_for_function("([el, p]) => el.querySelector('canvas').toDataURL() !== p",
-                           arg=[panel.element_handle(), before_pixels])
+    for method, slider, value in (("SmoothGrad", "noise", 0.35), ("Integrated Gradients", "steps", 6)):
+        before = render_count(panel)
+        choose(page, "method", method)
+        wait_redraw(page, panel, before)
+        before_pixels, before = panel.evaluate(CANVAS), render_count(panel)
+        set_slider(page, slider, value)
+        wait_redraw(page, panel, before)
+        assert panel.evaluate(CANVAS) != before_pixels, slider
+    # display controls change the drawing in the browser alone: no new result from the kernel
+    computed = render_count(panel)
+    for change in (lambda: choose(page, "colormap", "viridis"), lambda: set_slider(page, "opacity", 0.2),
+                   lambda: page.locator(".widget-checkbox:visible:has-text('signed') input").click()):
+        before_pixels = panel.evaluate(CANVAS)
+        change()
+        page.wait_for_function("([el, p]) => el.querySelector('canvas').toDataURL() !== p",
+                               arg=[panel.element_handle(), before_pixels])
+    assert panel.locator(".cl-title").text_content().startswith("Integrated Gradients")
+    assert render_count(panel) - computed == 3  # three redraws in the page, each without a kernel result
     # hover shows the value under the cursor
     panel.locator("canvas.cl-canvas").hover(position={"x": 100, "y": 100})
     assert panel.locator(".cl-hover").text_content().startswith("(")
@@ -138,9 +151,14 @@ def test_deconvnet_unit_and_layer(demo: Notebook):
     set_slider(page, "unit", 5)
     wait_redraw(page, projection, before)
     assert projection.evaluate(CANVAS) != before_pixels
-    before = render_count(projection)
+    before_pixels, before = projection.evaluate(CANVAS), render_count(projection)
+    choose(page, "project", "whole feature map")
+    wait_redraw(page, projection, before)
+    assert projection.evaluate(CANVAS) != before_pixels
+    before_pixels, before = projection.evaluate(CANVAS), render_count(projection)
     choose(page, "layer", "stage2")
     wait_redraw(page, projection, before)
+    assert projection.evaluate(CANVAS) != before_pixels
     demo.screenshot("deconvnet_stage2", page.locator(".widget-tab:visible").first)
 
 
@@ -154,6 +172,11 @@ def test_occlusion_sliders_and_stop(demo: Notebook):
     wait_redraw(page, prob, before)
     assert prob.evaluate(CANVAS) != before_pixels
     assert visible_panels(page).nth(2).locator(".cl-legend-item").count() >= 1
+    for change in (lambda: set_slider(page, "stride", 8), lambda: choose(page, "mask value", "zero")):
+        before_pixels, before = prob.evaluate(CANVAS), render_count(prob)
+        change()
+        wait_redraw(page, prob, before)
+        assert prob.evaluate(CANVAS) != before_pixels
     # a long occlusion (every pixel, small mask) is interrupted by Stop
     set_slider(page, "mask size", 3)
     set_slider(page, "stride", 1)
