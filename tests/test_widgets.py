@@ -99,6 +99,8 @@ def test_views_compute_for_every_method(shapes):
     deconv = DeconvView(model, data)
     deconv.layer.value = "stage2"
     assert deconv.wait(60) and deconv.unit.max == 31 and len(deconv.input_panel.rect) == 4
+    deconv.mode.value = "map"
+    assert deconv.wait(60) and deconv.input_panel.rect == [] and deconv.patch.layout.display == "none"
 
 
 def test_a_2048_channel_layer_still_renders_its_grid():

@@ -59,6 +59,7 @@ class DeconvView(View):
             rect = result.patch.tolist() if "patch" in result.extras else None
             self.input_panel.show(image, rect=rect, title=f"input · unit {target}")
             self.projection.show(projection_image(result.raw), title=f"projection of {target} ({mode})")
+            self.patch.layout.display = None if rect else "none"  # a whole map has no single patch
             if rect:
                 y0, y1, x0, x1 = rect
                 self.patch.show(image[:, y0:y1, x0:x1], title=f"receptive field {y1 - y0}×{x1 - x0} px")
