@@ -108,10 +108,6 @@ class Session:
                              "check the input's range and the model's weights.")
         return out
 
-    @property
-    def classes(self) -> tuple[str, ...] | None:
-        return self.spec.classes
-
     def class_name(self, index: int) -> str:
         classes = self.spec.classes
         return classes[index] if classes is not None and 0 <= index < len(classes) else str(index)
