@@ -128,3 +128,16 @@ def test_lens_shares_one_image_picker(shapes):
     assert lens.wait(60)
     assert [v.runner.last_error for v in lens.views.values()] == [None] * 4
     assert all(v.index is lens.index for v in lens.views.values())
+
+
+@pytest.mark.parametrize("view_class", [AttributionView, OcclusionView, DeconvView, ActivationsView])
+def test_moving_the_image_picker_submits_one_job(shapes, view_class):
+    model, data = shapes
+    view = view_class(model, data)
+    assert view.wait(60)
+    submitted = []
+    submit = view.runner.submit
+    view.runner.submit = lambda *args: (submitted.append(1), submit(*args))
+    view.index.value = 2
+    assert view.wait(60) and view.runner.last_error is None
+    assert len(submitted) == 1

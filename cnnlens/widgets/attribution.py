@@ -7,10 +7,9 @@ from typing import Any
 import ipywidgets as W
 import torch
 
-from ..core.session import look
 from ..explain.registry import METHODS, MethodInfo
-from .base import Images, View, class_names, spatial_layers
-from .controls import control_widget, display_controls, link_display, target_options
+from .base import Images, View, spatial_layers
+from .controls import control_widget, display_controls, link_display
 from .panel import Panel
 
 MAX_COMPARE = 4
@@ -62,9 +61,8 @@ class AttributionView(View):
         self.method.observe(lambda _: self._method_changed(), "value")
         for widget in (self.target, self.layer, self.compare):
             widget.observe(lambda _: self._changed(), "value")
-        self.index.observe(lambda _: self._image_changed(), "value")
         self._method_changed(refresh=False)
-        self._image_changed()
+        self.image_changed()
 
     # --- control plumbing ---------------------------------------------------------------------
 
@@ -86,14 +84,8 @@ class AttributionView(View):
         if refresh:
             self.refresh()
 
-    def _image_changed(self) -> None:
-        image, _ = self.image
-        with look(self.model) as s, torch.no_grad():
-            logits = s.logits(image[None])[0]
-        self._quiet = True
-        self.target.options = target_options(logits, class_names(self.model, len(logits)))
-        self.target.value = int(logits.argmax())
-        self._quiet = False
+    def image_changed(self) -> None:
+        self.retarget(self.target)
         self.refresh()
 
     def refresh(self) -> None:

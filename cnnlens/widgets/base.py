@@ -9,6 +9,7 @@ import ipywidgets as W
 import torch
 
 from ..core.session import look
+from .controls import target_options
 from .live import LiveRunner
 from .panel import Panel
 
@@ -47,7 +48,7 @@ class View(W.VBox):
         self.panels = list(panels)
         self.runner = LiveRunner(self.panels)
         self.controls = W.HBox(list(controls), layout=W.Layout(flex_flow="row wrap"))
-        self.index.observe(lambda _: self.refresh(), "value")
+        self.index.observe(lambda _: self.image_changed(), "value")
         own = [] if index is not None else [self.index]
         super().__init__(own + [self.controls, W.HBox(self.panels, layout=W.Layout(flex_flow="row wrap"))])
 
@@ -58,6 +59,27 @@ class View(W.VBox):
     def refresh(self) -> None:
         """Recompute for the current controls (subclasses submit their job)."""
         raise NotImplementedError
+
+    def image_changed(self) -> None:
+        """The image picker moved: recompute (views with a target dropdown refill it first)."""
+        self.refresh()
+
+    def retarget(self, target: W.Dropdown) -> list[str]:
+        """Fill ``target`` with the classes for the current image, predicted first, without a recompute.
+
+        Returns the class names. The caller's observers see ``self._quiet`` set while the options change.
+        """
+        image, _ = self.image
+        with look(self.model) as session, torch.no_grad():
+            logits = session.logits(image[None])[0]
+        names = class_names(self.model, len(logits))
+        self._quiet = True
+        try:
+            target.options = target_options(logits, names)
+            target.value = int(logits.argmax())
+        finally:
+            self._quiet = False
+        return names
 
     def wait(self, timeout: float = 60.0) -> bool:
         """Block until the view's computation has finished (scripts, notebooks, tests)."""

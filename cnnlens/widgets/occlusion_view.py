@@ -7,10 +7,8 @@ from typing import Any
 import ipywidgets as W
 import torch
 
-from ..core.session import look
 from ..explain.occlusion import MASK_VALUES, occlusion
-from .base import Images, View, class_names
-from .controls import target_options
+from .base import Images, View
 from .panel import Panel
 
 
@@ -35,18 +33,10 @@ class OcclusionView(View):
                          [self.mask_size, self.stride, self.mask_value, self.target], index)
         for widget in (self.mask_size, self.stride, self.mask_value, self.target):
             widget.observe(lambda _: None if self._quiet else self.refresh(), "value")
-        self.index.observe(lambda _: self._image_changed(), "value")
-        self._image_changed()
+        self.image_changed()
 
-    def _image_changed(self) -> None:
-        image, _ = self.image
-        with look(self.model) as s, torch.no_grad():
-            logits = s.logits(image[None])[0]
-        self.names = class_names(self.model, len(logits))
-        self._quiet = True
-        self.target.options = target_options(logits, self.names)
-        self.target.value = int(logits.argmax())
-        self._quiet = False
+    def image_changed(self) -> None:
+        self.names = self.retarget(self.target)
         self.refresh()
 
     def refresh(self) -> None:
