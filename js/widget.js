@@ -236,6 +236,7 @@ function render({ model, el: root }) {
     if (drawn) {
       count += 1;
       root.dataset.computeMs = String(model.get("compute_ms"));
+      root.dataset.results = String(model.get("results"));
       root.dataset.renderCount = String(count);
     }
     root.dataset.kind = kind;

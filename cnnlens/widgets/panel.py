@@ -68,6 +68,7 @@ class Panel(anywidget.AnyWidget):
     progress = traitlets.Float(0.0).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
     compute_ms = traitlets.Float(0.0).tag(sync=True)  # how long the kernel computed the shown result
+    results = traitlets.Int(0).tag(sync=True)  # how many results the kernel has published (a marker for tests)
 
     def __init__(self, kind: str = "heatmap", title: str = "", max_side: int = 320, **kwargs):
         if kind not in KINDS:
@@ -145,6 +146,7 @@ class Panel(anywidget.AnyWidget):
             for key, value in payload.items():
                 setattr(self, key, value)
             self.compute_ms = self.next_compute_ms
+            self.results += 1
             if self.error:
                 self.error = ""
             if self.status == "error":

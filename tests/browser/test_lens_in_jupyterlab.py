@@ -96,6 +96,9 @@ def test_attribution_controls_change_the_drawing(demo: Notebook):
         wait_redraw(page, panel, before)
         assert panel.evaluate(CANVAS) != before_pixels, slider
     # display controls change the drawing in the browser alone: no new result from the kernel
+    published = demo.run_code("view = lens.views['Attribution']; view.wait(); print('PUBLISHED', view.panel.results)",
+                              "PUBLISHED").split()[-1]
+    page.wait_for_function("([el, n]) => el.dataset.results === n", arg=[panel.element_handle(), published])
     computed = render_count(panel)
     for change in (lambda: choose(page, "colormap", "viridis"), lambda: set_slider(page, "opacity", 0.2),
                    lambda: page.locator(".widget-checkbox:visible:has-text('signed') input").click()):
@@ -104,7 +107,8 @@ def test_attribution_controls_change_the_drawing(demo: Notebook):
         page.wait_for_function("([el, p]) => el.querySelector('canvas').toDataURL() !== p",
                                arg=[panel.element_handle(), before_pixels])
     assert panel.locator(".cl-title").text_content().startswith("Integrated Gradients")
-    assert render_count(panel) - computed == 3  # three redraws in the page, each without a kernel result
+    assert panel.evaluate("el => el.dataset.results") == published  # no kernel result arrived meanwhile
+    assert render_count(panel) - computed == 3  # three redraws in the page
     # hover shows the value under the cursor
     panel.locator("canvas.cl-canvas").hover(position={"x": 100, "y": 100})
     assert panel.locator(".cl-hover").text_content().startswith("(")
