@@ -12,11 +12,13 @@ import copy
 import numpy as np
 import pytest
 import torch
+from captum._utils.models.linear_model import SkLearnRidge
 from captum.attr import (
     Deconvolution,
     GuidedBackprop,
     InputXGradient,
     IntegratedGradients,
+    Lime,
     NoiseTunnel,
     Occlusion,
     Saliency,
@@ -134,3 +136,29 @@ def test_cam_matches_torchcam(arch, fc, default_model):
         out = reference(x)
         theirs = extractor([3, 4], out, normalized=False)[0]
     close(ours, theirs, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch,hide,baseline", [("default", "gray", 0.5), ("resnet18", "zero", 0.0),
+                                                ("mobilenet_v3_small", "gray", 0.5)])
+def test_lime_matches_captum_on_the_same_samples(arch, hide, baseline, default_model):
+    """captum's Lime, fed cnnlens' superpixels and on/off patterns, fits the same superpixel weights."""
+    model, reference, x = _setup(arch, default_model)
+    x = x[:1]
+    ours = cl.lime(model, x[0], 0, samples=96, segmentation="slic", segments=20, kernel_width=0.25, hide=hide, seed=5)
+    patterns = ours.patterns.float()
+    assert patterns.shape == (96, len(ours.weights)) and bool((patterns[0] == 1).all())
+
+    def replay(_inputs, **_kwargs):
+        for row in patterns:
+            yield row[None]
+
+    def kernel(_original, _perturbed, interpretable, **_kwargs):  # LIME's kernel on the cosine distance
+        on = interpretable.float().sum()
+        distance = 1 - on / (on.sqrt() * interpretable.numel() ** 0.5 + 1e-12)
+        return torch.exp(-(distance**2) / 0.25**2).sqrt()
+
+    lime = Lime(lambda inp: torch.softmax(reference(inp), 1), interpretable_model=SkLearnRidge(alpha=1.0),
+                similarity_func=kernel, perturb_func=replay)
+    theirs = lime.attribute(x, target=0, n_samples=96, perturbations_per_eval=32, baselines=baseline,
+                            feature_mask=ours.segments[None, None], return_input_shape=False)
+    close(ours.weights, theirs[0], rtol=1e-3)

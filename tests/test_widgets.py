@@ -60,6 +60,38 @@ def test_stop_cancels_running_work():
     assert published == [] and panel.status == "idle"
 
 
+def test_partial_results_stream_at_a_bounded_rate_and_the_final_one_lands():
+    runner = LiveRunner([Panel("heatmap")])
+    published = []
+
+    def streaming(progress, cancel, partial):
+        for i in range(30):
+            partial(i)
+            time.sleep(0.01)
+        return "final"
+
+    runner.submit(streaming, published.append)
+    assert runner.wait(10)
+    assert published[0] == 0 and published[-1] == "final"
+    assert 2 <= len(published) <= 6  # ~0.3 s of partials at most one per 0.1 s, then the result
+
+
+def test_lime_streams_refits_as_samples_accumulate(shapes):
+    from cnnlens.explain.registry import METHODS
+    from cnnlens.widgets.attribution import run_method
+
+    model, data = shapes
+    image = data.images[3]
+    partials = []
+    final = run_method(METHODS["lime"], model, image, 0, None, {"samples": 200, "features": 4}, None, None,
+                       partials.append)
+    assert [p.params["samples"] for p in partials] == [64, 128, 192]
+    assert final.params["samples"] == 200
+    alone = cl.lime(model, image, 0, samples=200, features=4, seed=0)
+    torch.testing.assert_close(final.map, alone.map)  # streaming does not change the result
+    assert not torch.equal(partials[0].weights, final.weights)
+
+
 def test_errors_show_in_the_panel_and_keep_the_last_image():
     panel = Panel("heatmap")
     runner = LiveRunner([panel])

@@ -7,12 +7,14 @@ colour by default, as in the reference implementation). The target class's
 probability on each perturbed image is fitted by a ridge regression on the
 patterns, weighted by an exponential kernel of the cosine distance to the
 original. The map paints the ``features`` superpixels with the largest
-absolute weights (signed); all weights are in ``weights``.
+absolute weights (signed); all weights are in ``weights``, the on/off
+patterns that were drawn in ``patterns``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -73,8 +75,14 @@ def fit_surrogate(patterns: np.ndarray, outputs: np.ndarray, kernel_width: float
 def lime(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 300, features: int = 5,
          segmentation: str = "slic", segments: int = 40, kernel_width: float = 0.25, hide: str = "mean",
          batch_size: int = 64, seed: int | None = None, progress: ProgressFn | None = None,
-         cancel: CancelToken | None = None) -> Explanation:
-    """LIME explanation of ``target`` (default: predicted class); see the module doc."""
+         cancel: CancelToken | None = None, partial: Callable[[Explanation], None] | None = None) -> Explanation:
+    """LIME explanation of ``target`` (default: predicted class); see the module doc.
+
+    ``partial`` (one image only) is called after every batch of ``batch_size``
+    samples but the last with the surrogate fitted on the samples drawn so far,
+    so a live view can show the explanation sharpen as samples accumulate; the
+    final result is the same as without it.
+    """
     samples = positive_int(samples, "samples")
     features = positive_int(features, "features")
     segments = positive_int(segments, "segments")
@@ -85,6 +93,8 @@ def lime(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 3
         raise ValueError(f"Unknown hide {hide!r}. Valid: {', '.join(HIDE)}.")
     if not isinstance(kernel_width, (int, float)) or kernel_width <= 0:
         raise ValueError(f"kernel_width must be a positive number, got {kernel_width!r}.")
+    if partial is not None and not callable(partial):
+        raise TypeError(f"partial must be a callable or None, got {type(partial).__name__}.")
     with look(model) as s:
         batch = s.prepare(x)
         size = tuple(batch.x.shape[-2:])
@@ -98,7 +108,17 @@ def lime(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 3
         objective({}, logits)  # range check of the class index
         gen = generator(seed, torch.device("cpu"))
         steps = Steps(len(batch.x) * samples, progress, cancel)
-        maps, weights_all, segs_all, fits = [], [], [], []
+        params = {"samples": samples, "features": features, "segmentation": segmentation, "segments": segments,
+                  "kernel_width": kernel_width, "hide": hide, "seed": seed}
+
+        def result(fitted: list[_Fit], drawn: int) -> Explanation:
+            extras = {"segments": torch.stack([f.segments for f in fitted]), "weights": [f.weights for f in fitted],
+                      "patterns": [f.patterns for f in fitted], "fit": [f.summary for f in fitted]}
+            return explanation(s, batch, torch.stack([f.map for f in fitted]), None, method="lime",
+                               objective=objective, layer=None, params=dict(params, samples=drawn), logits=logits,
+                               extras=extras, label_maps=("segments",))
+
+        fitted: list[_Fit] = []
         for i, image in enumerate(batch.x):
             seg = superpixels(image.cpu(), segmentation, segments)
             d = int(seg.max()) + 1
@@ -113,17 +133,30 @@ def lime(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 3
                     out = s.logits(hidden[None] + keep * (image - hidden)[None])
                     outputs.append(Prob(int(classes[i]))({}, out))
                     steps.advance(len(keep))
-            coef, intercept, score = fit_surrogate(patterns.cpu().numpy(), torch.cat(outputs).cpu().numpy(),
-                                                   kernel_width)
-            shown = np.argsort(-np.abs(coef))[:features]
-            painted = np.zeros(d, np.float32)
-            painted[shown] = coef[shown]
-            maps.append(torch.from_numpy(painted)[seg])
-            weights_all.append(torch.from_numpy(coef))
-            segs_all.append(seg)
-            fits.append({"intercept": intercept, "score": score, "shown": shown.tolist()})
-        params = {"samples": samples, "features": features, "segmentation": segmentation, "segments": segments,
-                  "kernel_width": kernel_width, "hide": hide, "seed": seed}
-        extras = {"segments": torch.stack(segs_all), "weights": weights_all, "fit": fits}
-        return explanation(s, batch, torch.stack(maps), None, method="lime", objective=objective, layer=None,
-                           params=params, logits=logits, extras=extras, label_maps=("segments",))
+                    drawn = start + len(keep)
+                    if partial is not None and batch.single and 1 < drawn < samples:
+                        partial(result([_fit(patterns[:drawn], torch.cat(outputs), seg, features, kernel_width)],
+                                       drawn))
+            fitted.append(_fit(patterns, torch.cat(outputs), seg, features, kernel_width))
+        return result(fitted, samples)
+
+
+class _Fit(NamedTuple):
+    """One image's surrogate: the painted map, all superpixel weights, segments, samples and fit statistics."""
+
+    map: torch.Tensor
+    weights: torch.Tensor
+    segments: torch.Tensor
+    patterns: torch.Tensor
+    summary: dict
+
+
+def _fit(patterns: torch.Tensor, outputs: torch.Tensor, seg: torch.Tensor, features: int,
+         kernel_width: float) -> _Fit:
+    """Fit the surrogate and paint the ``features`` superpixels with the largest |weight|."""
+    coef, intercept, score = fit_surrogate(patterns.cpu().numpy(), outputs.cpu().numpy(), kernel_width)
+    shown = np.argsort(-np.abs(coef))[:features]
+    painted = np.zeros(len(coef), np.float32)
+    painted[shown] = coef[shown]
+    return _Fit(torch.from_numpy(painted)[seg], torch.from_numpy(coef), seg, patterns.to(torch.uint8).cpu(),
+                {"intercept": intercept, "score": score, "shown": shown.tolist()})

@@ -17,7 +17,10 @@ MAX_COMPARE = 4
 
 def run_method(info: MethodInfo, model: torch.nn.Module, image: torch.Tensor, target: int, layer: str | None,
                options: dict[str, Any], progress, cancel, partial=None):
-    """Call a registry method with the view's options; occlusion and LIME stream a coarse result first."""
+    """Call a registry method with the view's options, streaming partial results to ``partial``.
+
+    Occlusion shows a coarse-stride map first; LIME shows its surrogate refitted after every batch of samples.
+    """
     kwargs = dict(options)
     if info.has_layer:
         kwargs["layer"] = layer
@@ -29,8 +32,8 @@ def run_method(info: MethodInfo, model: torch.nn.Module, image: torch.Tensor, ta
         coarse = dict(kwargs, stride=max(kwargs.get("stride", 4) * 2, kwargs.get("mask_size", 16) // 2))
         if coarse["stride"] > kwargs.get("stride", 4):
             partial(info.function(model, image, target, **coarse))
-    if partial is not None and info.name == "lime" and kwargs.get("samples", 300) > 80:
-        partial(info.function(model, image, target, **dict(kwargs, samples=60)))
+    if partial is not None and info.name == "lime":
+        kwargs["partial"] = partial
     return info.function(model, image, target, **kwargs)
 
 

@@ -19,6 +19,7 @@ from ..core.progress import Cancelled, CancelToken
 from .panel import Panel
 
 SHOW_PROGRESS_AFTER = 0.15  # seconds before a job shows its progress bar and Stop button
+PARTIAL_EVERY = 0.1  # seconds between two partial results of one job (fewer messages, the page keeps up)
 
 Compute = Callable[[Callable[[int, int], None], CancelToken, Callable[[Any], None]], Any]
 
@@ -101,8 +102,12 @@ class LiveRunner:
                 last[0] = now
                 show_running(done / max(total, 1))
 
+        last_partial = [-PARTIAL_EVERY]
+
         def partial(result: Any) -> None:
-            if self._current(generation):
+            now = time.monotonic()
+            if self._current(generation) and now - last_partial[0] >= PARTIAL_EVERY:
+                last_partial[0] = now
                 publish(result)
 
         timer = threading.Timer(SHOW_PROGRESS_AFTER, show_running)
