@@ -87,6 +87,14 @@ def _fit_channels(image: torch.Tensor, channels: int | None, rgb_like: bool) -> 
 def to_batch(x: Any, *, channels: int | None, size: tuple[int, int] | None,
              device: torch.device, dtype: torch.dtype) -> Batch:
     """Turn any supported image input into a :class:`Batch` on ``device``."""
+    if (isinstance(x, torch.Tensor) and x.dim() in (3, 4) and x.is_floating_point()
+            and (channels is None or x.shape[-3] == channels) and x.numel() > 0
+            and (size is None or tuple(x.shape[-2:]) == tuple(size))):
+        # already a float batch (or image) the model takes: one copy, nothing to convert
+        batch = x.detach().to(device=device, dtype=dtype, copy=True)
+        single = batch.dim() == 3
+        batch = batch[None] if single else batch
+        return Batch(batch, [tuple(batch.shape[-2:])] * len(batch), single)
     single = True
     if isinstance(x, torch.Tensor) and x.dim() == 4:
         images, single = list(x), False

@@ -116,8 +116,8 @@ class Session:
         """Top-``k`` predictions (index, name, probability) for each row of ``logits``."""
         probs = torch.softmax(logits.detach().float(), dim=1)
         top = probs.topk(min(k, probs.shape[1]), dim=1)
-        return [[Prediction(int(i), self.class_name(int(i)), float(p)) for p, i in zip(ps, idx)]
-                for ps, idx in zip(top.values.cpu(), top.indices.cpu())]
+        return [[Prediction(i, self.class_name(i), p) for p, i in zip(ps, idx)]
+                for ps, idx in zip(top.values.tolist(), top.indices.tolist())]
 
     # --- layers -------------------------------------------------------------------------------
 

@@ -112,6 +112,13 @@ def write_notebook(root: Path, name: str, cells: list[str]) -> str:
     return name
 
 
+KERNEL_READY = """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    const kernel = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+    return !!kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle'; }"""
+ALL_CELLS_RAN = """() => window.jupyterapp.shell.currentWidget.content.widgets
+    .filter(cell => cell.model.type === 'code').every(cell => cell.model.executionCount != null)"""
+
+
 class Notebook:
     """A notebook open in JupyterLab, with its cells run."""
 
@@ -122,6 +129,7 @@ class Notebook:
         workspace = Path(name).stem  # a workspace of its own: no other notebook restored beside it
         page.goto(f"{url}/lab/workspaces/{workspace}/tree/{name}?reset")
         page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=120_000)
+        page.wait_for_function(KERNEL_READY, timeout=120_000)
         self.wait_idle()
 
     def wait_idle(self, timeout: float = 120_000) -> None:
@@ -131,7 +139,7 @@ class Notebook:
 
     def run_all(self) -> None:
         self.page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-        self.page.wait_for_timeout(500)  # let the kernel pick the cells up before waiting for Idle again
+        self.page.wait_for_function(ALL_CELLS_RAN, timeout=300_000)
         self.wait_idle(300_000)
 
     def run_code(self, code: str, marker: str, timeout: float = 120_000) -> str:

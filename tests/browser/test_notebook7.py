@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import start_lab, stop_lab, write_notebook
+from .conftest import KERNEL_READY, start_lab, stop_lab, write_notebook
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def test_views_render_in_notebook7(notebook7, browser):
     page.goto(f"{url}/notebooks/nb7.ipynb")
     page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=120_000)
     page.wait_for_function("() => document.querySelector('.jp-Notebook .jp-Cell')", timeout=60_000)
-    page.wait_for_timeout(1000)  # the kernel session attaches after the notebook model loads
+    page.wait_for_function(KERNEL_READY, timeout=120_000)  # the kernel session attaches after the notebook loads
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     page.wait_for_function(
         "() => [...document.querySelectorAll('.cnnlens-panel')].filter(p => p.offsetParent)"
