@@ -72,6 +72,20 @@ def test_input_kinds_give_the_same_result(tmp_path, default):
     assert gray.map.shape == (64, 64)
 
 
+def test_ready_float_batches_are_copied_not_shared():
+    from cnnlens.core.images import to_batch
+
+    x = torch.rand(2, 3, 8, 8)
+    fast = to_batch(x, channels=3, size=None, device=torch.device("cpu"), dtype=torch.float32)
+    slow = to_batch(list(x), channels=3, size=None, device=torch.device("cpu"), dtype=torch.float32)
+    torch.testing.assert_close(fast.x, slow.x)
+    assert fast.sizes == slow.sizes == [(8, 8), (8, 8)] and not fast.single
+    fast.x.zero_()
+    assert x.abs().sum() > 0  # the caller's tensor is not the batch
+    one = to_batch(x[0], channels=3, size=None, device=torch.device("cpu"), dtype=torch.float64)
+    assert one.single and one.x.shape == (1, 3, 8, 8) and one.x.dtype == torch.float64
+
+
 def test_maps_come_back_at_input_resolution(default):
     model, data = default
     big = Image.fromarray((data[0][0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).resize((100, 80))
