@@ -177,6 +177,20 @@ def test_deconvnet_projects_a_feature_map_and_reports_its_patch(default):
     assert whole.map.count_nonzero() > result.map.count_nonzero()
 
 
+def test_deconvnet_patch_is_in_the_coordinates_of_the_image_given(default):
+    """When the model resizes its input, the patch still frames the projection in the returned map."""
+    model = cl.zoo.shapes_model()
+    cl.configure(model, input_size=(64, 64))
+    image = torch.nn.functional.interpolate(default[1][0][0][None], size=(128, 128), mode="nearest")[0]
+    result = cl.deconvnet(model, image, "stage3:4")
+    assert result.map.shape == (128, 128)
+    y0, y1, x0, x1 = result.patch.tolist()
+    assert 0 <= y0 < y1 <= 128 and 0 <= x0 < x1 <= 128 and y1 - y0 > 40  # the 64-px box, doubled
+    outside = (result.map > 1e-6 * result.map.max()).clone()
+    outside[max(y0 - 2, 0):y1 + 2, max(x0 - 2, 0):x1 + 2] = False  # bilinear upsampling spreads one pixel
+    assert not outside.any()
+
+
 def test_shadow_follows_training_updates_and_structure_changes(default):
     model = cl.zoo.shapes_model()
     x = default[1][0][0]

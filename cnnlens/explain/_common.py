@@ -57,6 +57,11 @@ def input_gradient(session: Session, x: torch.Tensor, objective: Objective, rule
     return grad, logits.detach()
 
 
+def output_size(batch: Batch) -> tuple[int, int]:
+    """The resolution maps come back at: the images' own size when they share one, else the model's."""
+    return batch.sizes[0] if len(set(batch.sizes)) == 1 else tuple(batch.x.shape[-2:])
+
+
 def explanation(session: Session, batch: Batch, maps: torch.Tensor, raw: torch.Tensor | None, *,
                 method: str, objective: Objective, layer: str | None, params: Mapping[str, Any],
                 logits: torch.Tensor, extras: Mapping[str, Any] | None = None,
@@ -68,7 +73,7 @@ def explanation(session: Session, batch: Batch, maps: torch.Tensor, raw: torch.T
     extras that are categorical maps (resized by nearest neighbour),
     ``resized`` the continuous maps resized like ``maps``.
     """
-    size = batch.sizes[0] if len(set(batch.sizes)) == 1 else tuple(batch.x.shape[-2:])
+    size = output_size(batch)
     maps = resize_map(maps.detach().float(), size).cpu()
     extras = dict(extras or {})
     for key in label_maps:

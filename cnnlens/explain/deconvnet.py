@@ -7,7 +7,9 @@ autograd) and transposed filters (the convolutions' own backward).
 
 - ``target="layer:unit"`` with ``mode="max"`` (default): only the unit's
   strongest activation is projected, as in the paper's figures; the result
-  carries that ``location`` and its receptive-field ``patch`` box;
+  carries that ``location`` (in the layer's grid) and its receptive-field
+  ``patch`` box ``(y0, y1, x0, x1)`` in the coordinates of the returned map,
+  i.e. of the image as given even when the model resizes it;
 - ``mode="map"``: the whole feature map is projected;
 - any other target (class index, Objective): its gradient is projected.
 """
@@ -21,7 +23,7 @@ import torch
 from ..core.objectives import Channel, Custom, Objective
 from ..core.results import Explanation
 from ..core.session import look
-from ._common import explanation, input_gradient, objective_for
+from ._common import explanation, input_gradient, objective_for, output_size
 
 MODES = ("max", "map")
 
@@ -44,6 +46,14 @@ def _seeded(channel: Channel, mode: str, found: dict[str, torch.Tensor]) -> Obje
     return Custom(project, channel.layers, f"{channel.description} ({mode})")
 
 
+def _scaled(box: tuple[int, int, int, int], source: tuple[int, int], target: tuple[int, int]
+            ) -> tuple[int, int, int, int]:
+    """A ``(y0, y1, x0, x1)`` box in an image of size ``source`` mapped to one of size ``target``."""
+    (sh, sw), (th, tw) = source, target
+    y0, y1, x0, x1 = box
+    return (int(y0 * th // sh), int(-(-y1 * th // sh)), int(x0 * tw // sw), int(-(-x1 * tw // sw)))
+
+
 def deconvnet(model: torch.nn.Module, x: Any, target: Any = None, *, mode: str = "max") -> Explanation:
     """Project ``target`` (a 'layer:unit' feature map, a neuron, or a class) back to pixels."""
     if mode not in MODES:
@@ -61,7 +71,8 @@ def deconvnet(model: torch.nn.Module, x: Any, target: Any = None, *, mode: str =
             info = s.layer(layer, size, spatial=False, argument="target layer")
             extras["location"] = found["location"]
             extras["activation"] = found["activation"]
-            extras["patch"] = torch.tensor([info.receptive_field(int(y), int(xx), size)
+            extras["patch"] = torch.tensor([_scaled(info.receptive_field(int(y), int(xx), size), size,
+                                                    output_size(batch))
                                             for y, xx in found["location"]])
         return explanation(s, batch, grad.abs().amax(1), grad, method="deconvnet", objective=seeded,
                            layer=layer, params={"mode": mode}, logits=logits, extras=extras)
