@@ -86,6 +86,61 @@ def test_ready_float_batches_are_copied_not_shared():
     assert one.single and one.x.shape == (1, 3, 8, 8) and one.x.dtype == torch.float64
 
 
+def test_a_class_can_be_named_in_any_integer_form(default):
+    model, data = default
+    image = data.images[0]
+    expected = cl.saliency(model, image, 3)
+    for target in ("star", np.int64(3), torch.tensor(3), np.array(3)):
+        result = cl.saliency(model, image, target)
+        assert result.target == "logit(3: star)"
+        torch.testing.assert_close(result.map, expected.map)
+    batch = data.images[:2]
+    torch.testing.assert_close(cl.saliency(model, batch, np.array([3, 4])).map,
+                               cl.saliency(model, batch, [3, 4]).map)
+    # occlusion maps a class's probability however the class is written; an explicit logit stays a logit
+    prob = cl.occlusion(model, image, 3, stride=8)
+    assert prob.target == "prob(3: star)" and 0 <= float(prob.map.min()) and float(prob.map.max()) <= 1
+    for target in (torch.tensor(3), "star"):
+        torch.testing.assert_close(cl.occlusion(model, image, target, stride=8).map, prob.map)
+    assert cl.occlusion(model, image, cl.logit(3), stride=8).target == "logit(3)"
+
+
+def test_methods_work_when_called_under_inference_mode(default):
+    model, data = default
+    with torch.inference_mode():
+        image = data.images[0].clone()
+        for method in (cl.saliency, cl.gradcam, cl.guided_backprop, cl.integrated_gradients):
+            torch.testing.assert_close(method(model, image, 3).map, method(model, data.images[0], 3).map)
+
+
+def test_configure_changes_only_what_it_is_given():
+    model = cl.zoo.shapes_model()
+    cl.configure(model, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=48)
+    spec = cl.configure(model, classes=list("abcdefgh"))
+    assert spec.mean == (0.5,) * 3 and spec.input_size == (48, 48) and spec.classes[0] == "a"
+    assert cl.configure(model, reset=True, input_size=32).mean is None
+
+
+def test_changed_plain_attributes_are_seen_on_the_next_call():
+    """A temperature (or any plain attribute) changed between calls reaches the shadow."""
+
+    class Tempered(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.fc = nn.Linear(8, 4)
+            self.temperature = 1.0
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3))) / self.temperature
+
+    model, x = Tempered(), torch.rand(3, 16, 16)
+    cl.saliency(model, x, 0)
+    model.temperature = 100.0
+    expected = torch.softmax(model(x[None]), 1)[0].max()
+    assert cl.saliency(model, x, 0).predictions[0].prob == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_maps_come_back_at_input_resolution(default):
     model, data = default
     big = Image.fromarray((data[0][0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).resize((100, 80))

@@ -52,6 +52,19 @@ def test_target_of_wrong_type_or_form(shapes):
         cl.saliency(model, x, 2.5)
     with pytest.raises(ValueError, match="'layer:unit'"):
         cl.saliency(model, x, "stage4")
+    with pytest.raises(ValueError, match="neither a class name.*Did you mean 'star'"):
+        cl.saliency(model, x, "stra")
+    for bad in (True, [1.5], torch.tensor([0.5])):
+        with pytest.raises(TypeError, match="target must be"):
+            cl.saliency(model, x, bad)
+    with pytest.raises(TypeError, match="index must be a class index"):
+        cl.logit("star")
+
+
+def test_a_target_below_grad_cams_layer_is_a_clear_error(shapes):
+    model, x = shapes
+    with pytest.raises(ValueError, match="'stage2:1' does not depend on layer 'stage3'"):
+        cl.gradcam(model, x, "stage2:1", layer="stage3")
 
 
 def test_wrong_channel_count(shapes):

@@ -8,6 +8,7 @@ function mode that tracks each tensor's receptive field through every op.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import threading
@@ -59,8 +60,12 @@ _SPECS: weakref.WeakKeyDictionary[nn.Module, InputSpec] = weakref.WeakKeyDiction
 
 def configure(model: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
               input_size: int | Sequence[int] | None = None, classes: Sequence[str] | None = None,
-              output: Any = None) -> InputSpec:
-    """Tell cnnlens once how ``model`` takes its input; every method uses it from then on."""
+              output: Any = None, reset: bool = False) -> InputSpec:
+    """Tell cnnlens once how ``model`` takes its input; every method uses it from then on.
+
+    Each call changes only what it is given (a later ``configure(model, classes=...)``
+    keeps the mean/std and size set before); ``reset=True`` starts again from nothing.
+    """
     model = unwrap(model)
     if (mean is None) != (std is None):
         raise ValueError("mean and std must be given together (or neither).")
@@ -73,13 +78,17 @@ def configure(model: nn.Module, *, mean: Sequence[float] | None = None, std: Seq
     if output is not None and not (callable(output) or isinstance(output, (int, str))):
         raise TypeError("output must be an index, a key or attribute name, or a callable "
                         f"taking the model's output; got {type(output).__name__}.")
-    spec = InputSpec(
-        mean=tuple(float(m) for m in mean) if mean is not None else None,
-        std=tuple(float(s) for s in std) if std is not None else None,
-        input_size=tuple(int(s) for s in input_size) if input_size is not None else None,
-        classes=tuple(str(c) for c in classes) if classes is not None else None,
-        output=output,
-    )
+    given: dict[str, Any] = {}
+    if mean is not None:
+        given.update(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+    if input_size is not None:
+        given["input_size"] = tuple(int(s) for s in input_size)
+    if classes is not None:
+        given["classes"] = tuple(str(c) for c in classes)
+    if output is not None:
+        given["output"] = output
+    base = InputSpec() if reset else spec_of(model)
+    spec = dataclasses.replace(base, **given)
     _SPECS[model] = spec
     return spec
 

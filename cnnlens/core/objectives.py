@@ -10,10 +10,12 @@ strings mean ``channel(layer, unit)`` and ints mean ``logit(int)``.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Real
 from typing import Any
 
+import numpy as np
 import torch
 
 Activations = Mapping[str, torch.Tensor]
@@ -22,6 +24,10 @@ Activations = Mapping[str, torch.Tensor]
 def _check_index(value: int, size: int, what: str, argument: str) -> None:
     if not 0 <= value < size:
         raise ValueError(f"{argument}: {what} {value} is out of range; valid: 0..{size - 1}.")
+
+
+def _shown(index: int | torch.Tensor) -> str:
+    return str(index.tolist() if isinstance(index, torch.Tensor) else index)
 
 
 def _per_item(index: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
@@ -136,8 +142,12 @@ class Logit(Objective):
     """The logit of class ``index`` (an int, or one per batch item)."""
 
     def __init__(self, index: int | Sequence[int] | torch.Tensor, name: str | None = None):
-        self.index = index
-        self.description = f"logit({name or index})"
+        checked = _class_indices(index)
+        if checked is None:
+            raise TypeError(f"index must be a class index (int) or one int per image, got {index!r}; "
+                            "a class name works as a method's target= when the model has class names.")
+        self.index = checked
+        self.description = f"logit({name or _shown(checked)})"
 
     def __call__(self, acts: Activations, logits: torch.Tensor) -> torch.Tensor:
         if isinstance(self.index, int):
@@ -154,7 +164,7 @@ class Prob(Logit):
 
     def __init__(self, index: int | Sequence[int] | torch.Tensor, name: str | None = None):
         super().__init__(index, name)
-        self.description = f"prob({name or index})"
+        self.description = f"prob({name or _shown(self.index)})"
 
     def __call__(self, acts: Activations, logits: torch.Tensor) -> torch.Tensor:
         return super().__call__(acts, torch.softmax(logits, dim=1))
@@ -230,24 +240,59 @@ def predicted() -> Objective:
     return Predicted()
 
 
-def as_objective(target: Any, class_name: Callable[[int], str] | None = None) -> Objective:
-    """``None`` → predicted class; int (or ints) → logit; ``"layer:unit"`` → channel; Objective → itself."""
+def _class_indices(target: Any) -> int | torch.Tensor | None:
+    """``target`` as a class index (int) or indices (1-d long tensor) when it is made of integers, else None."""
+    if isinstance(target, (bool, np.bool_)):
+        return None
+    if isinstance(target, (int, np.integer)):
+        return int(target)
+    if isinstance(target, (list, tuple)) and target and all(
+            isinstance(t, (int, np.integer)) and not isinstance(t, (bool, np.bool_)) for t in target):
+        return torch.tensor([int(t) for t in target])
+    if isinstance(target, np.ndarray) and np.issubdtype(target.dtype, np.integer) and target.size:
+        target = torch.from_numpy(target.copy())
+    if isinstance(target, torch.Tensor) and target.numel() and not target.is_floating_point() \
+            and not target.is_complex() and target.dtype != torch.bool and target.dim() <= 1:
+        return int(target) if target.dim() == 0 else target.long().cpu()
+    return None
+
+
+def _class_by_name(name: str, classes: Sequence[str] | None) -> int | None:
+    if classes is not None and name in classes:
+        return list(classes).index(name)
+    return None
+
+
+def as_objective(target: Any, classes: Sequence[str] | None = None) -> Objective:
+    """What to explain, as an Objective.
+
+    ``None`` → predicted class; an int, numpy int or integer tensor/list/array
+    (one per image) → logit; a class name (from ``configure(classes=...)``) →
+    its logit; ``"layer:unit"`` → channel; an Objective → itself.
+    """
     if target is None:
         return Predicted()
     if isinstance(target, Objective):
         return target
-    if isinstance(target, bool):
-        raise TypeError("target must be a class index, 'layer:unit', an Objective or None; got a bool.")
-    if isinstance(target, int):
-        return Logit(target, f"{target}: {class_name(target)}" if class_name else None)
+    index = _class_indices(target)
+    if isinstance(index, int):
+        name = classes[index] if classes is not None and 0 <= index < len(classes) else None
+        return Logit(index, f"{index}: {name}" if name else None)
+    if index is not None:
+        return Logit(index, None)
     if isinstance(target, str):
+        by_name = _class_by_name(target, classes)
+        if by_name is not None:
+            return Logit(by_name, f"{by_name}: {target}")
         layer, sep, unit = target.rpartition(":")
-        if not sep or not layer or not unit.lstrip("-").isdigit():
-            raise ValueError(f"target {target!r}: use 'layer:unit' (e.g. 'stage3:5'), a class index, or an Objective.")
-        return Channel(layer, int(unit))
-    if isinstance(target, torch.Tensor) and target.dim() == 0:
-        return as_objective(int(target), class_name)
-    if isinstance(target, (list, tuple, torch.Tensor)) and all(isinstance(int(t), int) for t in target):
-        return Logit(torch.as_tensor(target).long(), None)
-    raise TypeError(f"target must be a class index, a list of indices, 'layer:unit', an Objective or None; "
-                    f"got {type(target).__name__}.")
+        if sep and layer and unit.lstrip("-").isdigit():
+            return Channel(layer, int(unit))
+        hint = ""
+        if classes is not None:
+            close = difflib.get_close_matches(target, list(classes), n=1)
+            shown = ", ".join(list(classes)[:12]) + (", …" if len(classes) > 12 else "")
+            hint = f" Class names: {shown}." + (f" Did you mean {close[0]!r}?" if close else "")
+        raise ValueError(f"target {target!r} is neither a class name nor 'layer:unit' (e.g. 'stage3:5').{hint}")
+    raise TypeError("target must be a class index (int), a class name, one index per image, 'layer:unit', "
+                    f"an Objective or None; got {type(target).__name__}"
+                    + (f" {target!r}" if isinstance(target, (float, bool)) else "") + ".")

@@ -146,15 +146,16 @@ class Session:
 def look(model: nn.Module) -> Iterator[Session]:
     """Open a :class:`Session` on ``model``: the shadow when possible, else the guarded model."""
     model = unwrap(model)
-    try:
-        net = shadow(model)
-    except TypeError:
-        if copyable(model):
-            raise
-        with guarded(model) as net:
-            yield Session(model, net, is_shadow=False)
-        return
-    yield Session(model, net, is_shadow=True)
+    with torch.inference_mode(False):  # methods need autograd even when called under torch.inference_mode()
+        try:
+            net = shadow(model)
+        except TypeError:
+            if copyable(model):
+                raise
+            with guarded(model) as net:
+                yield Session(model, net, is_shadow=False)
+            return
+        yield Session(model, net, is_shadow=True)
 
 
 def layers(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> list[LayerInfo]:

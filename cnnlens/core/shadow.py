@@ -75,7 +75,7 @@ def _walk(model: nn.Module) -> tuple[tuple, bool]:
     return tuple(ids), scripted
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module, list]] = weakref.WeakKeyDictionary()
 
 
 def copyable(model: nn.Module) -> bool:
@@ -96,10 +96,47 @@ def shadow(model: nn.Module) -> nn.Module:
                         "use cnnlens.core.shadow.guarded(model).")
     cached = _CACHE.get(model)
     if cached is not None and cached[0] == key:
-        return cached[1]
-    net = _copy_tree(model, {})
-    _CACHE[model] = (key, net)
+        _, net, pairs = cached
+        _sync_attributes(pairs)
+        return net
+    memo: dict[int, nn.Module] = {}
+    net = _copy_tree(model, memo)
+    pairs = [(weakref.ref(original), memo[id(original)]) for original in _modules_of(model)]  # no cycle
+    _CACHE[model] = (key, net, pairs)
     return net
+
+
+_MANAGED = frozenset({"_parameters", "_buffers", "_modules", "training", "_is_full_backward_hook"})
+
+
+def _modules_of(model: nn.Module) -> list[nn.Module]:
+    seen: dict[int, nn.Module] = {}
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) not in seen:
+            seen[id(module)] = module
+            stack.extend(child for child in module._modules.values() if child is not None)
+    return list(seen.values())
+
+
+def _sync_attributes(pairs: list[tuple[weakref.ref, nn.Module]]) -> None:
+    """Copy the originals' plain attributes (a temperature, a dropout ``p``, a flag) onto their shadows.
+
+    The structure, tensors, training flags and hooks are the shadow's own; everything
+    else follows the user's module, so a changed attribute is seen on the next call.
+    """
+    for ref, clone in pairs:
+        original = ref()
+        if original is None:
+            continue
+        state = clone.__dict__
+        for key, value in original.__dict__.items():
+            if key not in _MANAGED and "hooks" not in key and state.get(key, _MISSING) is not value:
+                state[key] = value
+
+
+_MISSING = object()
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from ..core.session import Session
 
 def objective_for(session: Session, target: Any, size: tuple[int, int]) -> Objective:
     """The target as an Objective, with every layer it names checked against the model."""
-    objective = as_objective(target, session.class_name)
+    objective = as_objective(target, session.spec.classes)
     for name in objective.layers:
         session.layer(name, size, spatial=False, argument="target layer")
     return objective

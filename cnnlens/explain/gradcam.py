@@ -30,7 +30,8 @@ def gradcam(model: torch.nn.Module, x: Any, target: Any = None, *, layer: str | 
             logits = s.logits(batch.x)
             score = objective(cap.activations, logits)
             acts = cap[info.name]
-            (grad,) = torch.autograd.grad(score.sum(), acts, allow_unused=True)
+            # a target computed below the layer was recorded without a graph: it cannot depend on the layer
+            grad = torch.autograd.grad(score.sum(), acts, allow_unused=True)[0] if score.requires_grad else None
         if grad is None:
             raise ValueError(f"target {objective.description!r} does not depend on layer {info.name!r} "
                              "(its layer lies below it); pick a higher target or a lower layer.")

@@ -21,7 +21,7 @@ import torch
 
 from ..core.hooks import capture
 from ..core.images import gaussian_blur
-from ..core.objectives import Logit, Prob
+from ..core.objectives import Logit, Objective, Predicted, Prob
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
 from ..core.session import look
@@ -89,7 +89,8 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
         steps = Steps(len(batch.x) * len(windows), progress, cancel)
         with torch.no_grad(), capture(s.net, objective.layers | {info.name}) as cap:
             logits = s.logits(batch.x)
-            if target is None or isinstance(target, int):  # a class: Zeiler & Fergus map its probability
+            if not isinstance(target, Objective) and isinstance(objective, (Logit, Predicted)):
+                # a class, however it was written: Zeiler & Fergus map its probability
                 objective = fixed_target(objective, logits)
                 objective = Prob(objective.index, objective.description.removeprefix("logit(").rstrip(")"))
             totals = cap[info.name].flatten(2).sum(2)  # B×C total activation per feature map
