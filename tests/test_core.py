@@ -294,7 +294,16 @@ def test_torchscript_models_use_the_guarded_path(default):
     assert scripted.training
     with pytest.raises(TypeError, match="TorchScript"):
         cl.gradcam(scripted, x)
+    for method in (cl.guided_backprop, cl.deconvnet):  # never a plain gradient passed off as a rule's result
+        with pytest.raises(TypeError, match="TorchScript"):
+            method(scripted, x, 2)
     assert_unchanged(scripted, before)
+
+
+def test_a_rule_that_finds_no_relu_says_so():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.warns(UserWarning, match="no ReLU call"):
+        cl.guided_backprop(net, torch.rand(3, 16, 16))
 
 
 def test_dict_and_dataclass_outputs_with_a_selector():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from typing import Any
@@ -48,12 +49,18 @@ def positive_int(value: Any, argument: str, minimum: int = 1) -> int:
 def input_gradient(session: Session, x: torch.Tensor, objective: Objective, rule: str | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """d objective / d x for each image (one forward + one backward), and the forward's logits."""
+    if rule and not session.is_shadow:
+        raise TypeError(f"The {rule} rule cannot reach the ReLUs inside a TorchScript model; "
+                        "pass the eager nn.Module (or use saliency, which needs no rule).")
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad(), capture(session.net, objective.layers) as cap, \
-            (ReLURule(rule) if rule else nullcontext()):
+    relu_rule = ReLURule(rule) if rule else None
+    with torch.enable_grad(), capture(session.net, objective.layers) as cap, (relu_rule or nullcontext()):
         logits = session.logits(x)
         score = objective(cap.activations, logits)
         (grad,) = torch.autograd.grad(score.sum(), x)
+    if relu_rule is not None and relu_rule.calls == 0:
+        warnings.warn(f"The model made no ReLU call, so the {rule} rule changed nothing: this is the plain "
+                      "gradient (guided backprop and DeconvNet are defined for ReLU networks).", stacklevel=3)
     return grad, logits.detach()
 
 
