@@ -135,6 +135,23 @@ def test_views_compute_for_every_method(shapes):
     assert deconv.wait(60) and deconv.input_panel.rect == [] and deconv.patch.layout.display == "none"
 
 
+def test_compare_mode_shows_each_method_and_an_error_only_where_one_fails(shapes):
+    model, data = shapes
+    view = AttributionView(model, data)
+    view.layer.value = "stage2"  # CAM needs the layer before the GAP head: it fails here, the others do not
+    view.compare.value = ("saliency", "cam", "integrated_gradients")
+    assert view.wait(60)
+    shown = [p for p in view.compare_panels if p.layout.display != "none"]
+    assert len(shown) == 3 and view.panel.layout.display == "none"
+    saliency, cam, integrated = shown
+    assert saliency.title.startswith("Gradient saliency") and saliency.error == "" and saliency.heat
+X
+    assert integrated.error == "" and view.display[2].value  # a signed method turns the signed display on
+    view.compare.value = ()
+    assert view.wait(60) and view.panel.layout.display != "none"
+    assert all(p.layout.display == "none" for p in view.compare_panels)
+
+
 def test_a_2048_channel_layer_still_renders_its_grid():
     class Wide(nn.Module):
         def __init__(self):

@@ -97,6 +97,10 @@ class AttributionView(View):
         options = {name: w.value for name, w in self.method_controls.items()}
         chosen = METHODS[self.method.value]
         compared = [METHODS[n] for n in self.compare.value][:MAX_COMPARE]
+        if compared:  # signed maps (IG, LIME, input×gradient) need the signed display to show their negative part
+            self._quiet = True
+            self.display[2].value = any(info.signed for info in compared)
+            self._quiet = False
         title = f"{chosen.label} · {self.target.label}"
 
         def compute(progress, cancel, partial):
@@ -108,19 +112,29 @@ class AttributionView(View):
             results = []
             for info in compared:
                 defaults = {c.name: c.default for c in info.controls}
-                results.append((info, run_method(info, self.model, image, target, layer, defaults, progress, cancel)))
+                try:
+                    outcome = run_method(info, self.model, image, target, layer, defaults, progress, cancel)
+                except (ValueError, TypeError) as error:  # one method that cannot run here must not blank the rest
+                    outcome = f"{type(error).__name__}: {error}"
+                results.append((info, outcome))
             return "compare", results
 
         def publish(outcome):
             mode, value = outcome
             if mode == "single":
+                self.panel.layout.display = None
                 self.panel.show(image, value.map, title=title, vmax=0.0)
                 for panel in self.compare_panels:
                     panel.layout.display = "none"
                 return
+            self.panel.layout.display = "none"  # the compared methods replace the single result
             # methods have different units: each map is divided by its largest |value|, then all share one scale
             for panel, (info, result) in zip(self.compare_panels, value):
                 panel.layout.display = None
+                if isinstance(result, str):
+                    panel.title = info.label
+                    panel.fail(result)
+                    continue
                 peak = float(result.map.abs().max()) or 1.0
                 panel.show(image, result.map / peak, title=f"{info.label} (÷ {peak:.3g})", vmax=1.0)
             for panel in self.compare_panels[len(value):]:
