@@ -128,6 +128,8 @@ def test_views_compute_for_every_method(shapes):
     occlusion = OcclusionView(model, data)
     assert occlusion.wait(60)
     assert occlusion.label_panel.legend and occlusion.label_panel.shape == [64, 64]
+    labels = np.frombuffer(occlusion.label_panel.heat, np.float32)
+    assert set(np.unique(labels).astype(int)) == set(range(len(occlusion.label_panel.legend)))  # only labels present
     deconv = DeconvView(model, data)
     deconv.layer.value = "stage2"
     assert deconv.wait(60) and deconv.unit.max == 31 and len(deconv.input_panel.rect) == 4
@@ -150,6 +152,16 @@ def test_compare_mode_shows_each_method_and_an_error_only_where_one_fails(shapes
     view.compare.value = ()
     assert view.wait(60) and view.panel.layout.display != "none"
     assert all(p.layout.display == "none" for p in view.compare_panels)
+
+
+def test_a_label_map_over_1000_classes_lists_only_the_labels_present_in_distinct_colours():
+    panel = Panel("labels")
+    labels = torch.tensor([[5, 5, 900], [17, 5, 900]])
+    panel.show_labels(labels, [f"class {i}" for i in range(1000)])
+    assert [name for name, _ in panel.legend] == ["class 5", "class 17", "class 900"]
+    assert len({tuple(color) for _, color in panel.legend}) == 3
+    drawn = np.frombuffer(panel.heat, np.float32).reshape(2, 3)
+    assert drawn.tolist() == [[0, 0, 2], [1, 0, 2]]  # indices into the legend
 
 
 def test_a_2048_channel_layer_still_renders_its_grid():

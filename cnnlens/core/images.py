@@ -180,8 +180,13 @@ def label_colors(n: int) -> np.ndarray:
     """``n`` distinct RGB uint8 colours for categorical maps (occlusion's label map)."""
     from matplotlib import colormaps
 
+    if n > 20:  # beyond the qualitative palettes: hues spread evenly, alternating lightness
+        from matplotlib.colors import hsv_to_rgb
+
+        hsv = [((i * 0.618034) % 1.0, 0.75, 0.95 if i % 2 else 0.7) for i in range(n)]
+        return (hsv_to_rgb(np.array(hsv).reshape(-1, 3)) * 255).astype(np.uint8)
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return (np.array([cmap(i % cmap.N)[:3] for i in range(n)]) * 255).astype(np.uint8)
+    return (np.array([cmap(i)[:3] for i in range(n)]) * 255).astype(np.uint8)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

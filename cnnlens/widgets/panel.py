@@ -117,10 +117,11 @@ class Panel(anywidget.AnyWidget):
         self._publish(payload)
 
     def show_labels(self, labels: torch.Tensor, names: list[str], title: str | None = None) -> None:
-        """Draw a categorical map with a legend of ``names`` (one colour each)."""
-        colors = label_colors(len(names)).tolist()
-        self.legend = [[str(n), c] for n, c in zip(names, colors)]
-        self.show(None, labels.float(), title=title)
+        """Draw a categorical map of indices into ``names``; the legend lists the labels present, one colour each."""
+        present, compact = torch.unique(labels.long(), return_inverse=True)
+        colors = label_colors(len(present)).tolist()
+        self.legend = [[str(names[i]) if 0 <= i < len(names) else str(i), c] for i, c in zip(present.tolist(), colors)]
+        self.show(None, compact.float(), title=title)
 
     def show_grid(self, tiles: torch.Tensor, title: str | None = None) -> None:
         """Draw N×h×w maps (or N×3×h×w RGB tiles), each scaled to its own range; click zooms one."""
