@@ -67,6 +67,12 @@ def test_a_target_below_grad_cams_layer_is_a_clear_error(shapes):
         cl.gradcam(model, x, "stage2:1", layer="stage3")
 
 
+def test_empty_batch(shapes):
+    model, _ = shapes
+    with pytest.raises(ValueError, match="x is an empty batch"):
+        cl.saliency(model, torch.rand(0, 3, 64, 64))
+
+
 def test_wrong_channel_count(shapes):
     model, _ = shapes
     with pytest.raises(ValueError, match="x has 5 channels; the model expects 3"):

@@ -164,6 +164,19 @@ def test_a_label_map_over_1000_classes_lists_only_the_labels_present_in_distinct
     assert drawn.tolist() == [[0, 0, 2], [1, 0, 2]]  # indices into the legend
 
 
+def test_views_take_a_single_image_in_any_form(shapes):
+    from PIL import Image
+
+    from cnnlens.widgets.base import Images
+
+    model, data = shapes
+    array = (data.images[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    for source in (array, Image.fromarray(array), data.images[0], array.transpose(2, 0, 1)):
+        images = Images(source, model)
+        assert len(images) == 1 and images[0][0].shape == (3, 64, 64), type(source)
+    assert len(Images(data.images[:3], model)) == 3 and len(Images([array, array], model)) == 2
+
+
 def test_a_2048_channel_layer_still_renders_its_grid():
     class Wide(nn.Module):
         def __init__(self):

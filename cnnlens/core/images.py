@@ -87,6 +87,8 @@ def _fit_channels(image: torch.Tensor, channels: int | None, rgb_like: bool) -> 
 def to_batch(x: Any, *, channels: int | None, size: tuple[int, int] | None,
              device: torch.device, dtype: torch.dtype) -> Batch:
     """Turn any supported image input into a :class:`Batch` on ``device``."""
+    if isinstance(x, (torch.Tensor, np.ndarray)) and x.ndim == 4 and x.shape[0] == 0:
+        raise ValueError("x is an empty batch (0 images); give at least one image.")
     if (isinstance(x, torch.Tensor) and x.dim() in (3, 4) and x.is_floating_point()
             and (channels is None or x.shape[-3] == channels) and x.numel() > 0
             and (size is None or tuple(x.shape[-2:]) == tuple(size))):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
+import numpy as np
 import torch
 
 from ..core.session import look
@@ -18,10 +20,8 @@ class Images:
     """Images to look at: a dataset of ``(image, label, ...)``, a B×C×H×W tensor, or a list of any images."""
 
     def __init__(self, source: Any, model: torch.nn.Module):
-        self.source = source
+        self.source = [source] if _one_image(source) else source
         self.model = model
-        if isinstance(source, torch.Tensor) and source.dim() == 3:
-            self.source = source[None]
         if not hasattr(self.source, "__len__") or len(self.source) == 0:
             raise ValueError("images must be a non-empty dataset, tensor batch or list of images.")
 
@@ -35,6 +35,17 @@ class Images:
             item, label = item[0], (int(item[1]) if len(item) > 1 else None)
         with look(self.model) as session:
             return session.prepare(item).x[0].detach(), label
+
+
+def _one_image(source: Any) -> bool:
+    """Whether ``source`` is a single image (not a collection of them)."""
+    if isinstance(source, (str, Path)) or type(source).__module__.startswith("PIL."):
+        return True
+    if isinstance(source, torch.Tensor):
+        return source.dim() in (2, 3)
+    if isinstance(source, np.ndarray):
+        return source.ndim in (2, 3)  # H×W, H×W×C or C×H×W; a batch is 4-d
+    return False
 
 
 class View(W.VBox):
