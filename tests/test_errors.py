@@ -179,3 +179,12 @@ def test_bad_progress_and_seed(shapes):
         cl.occlusion(model, x, progress=3)
     with pytest.raises(TypeError, match="seed must be an int"):
         cl.lime(model, x, seed="abc")
+
+
+def test_views_need_a_spatial_layer_and_say_so():
+    from cnnlens.widgets import ActivationsView, AttributionView, DeconvView
+
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10), nn.ReLU(), nn.Linear(10, 3))
+    for view in (AttributionView, ActivationsView, DeconvView, cl.Lens):
+        with pytest.raises(ValueError, match="model: Sequential has no spatial layer"):
+            view(mlp, torch.rand(2, 3, 16, 16))

@@ -108,4 +108,9 @@ def spatial_layers(model: torch.nn.Module, images: Images) -> list:
     """The model's spatial layers (LayerInfo) at the size of the first image."""
     with look(model) as session:
         size = tuple(images[0][0].shape[-2:])
-        return [info for info in session.layers(size) if info.spatial]
+        found = [info for info in session.layers(size) if info.spatial]
+    if not found:
+        raise ValueError(f"model: {type(model).__name__} has no spatial layer (one with a C×H×W output) at input "
+                         f"size {size}; the views look at feature maps, so they need a convolutional model. "
+                         "Gradient methods such as cnnlens.saliency still work on it.")
+    return found
