@@ -61,7 +61,10 @@ def test_gradcam_points_inside_the_object(default):
 
 def test_occlusion_points_inside_the_object(default):
     model, data = default
-    result = cl.occlusion(model, data.images[:N], data.labels[:N].tolist(), mask_size=12, stride=4)
+    # the class score, not its probability: the confident default model's probabilities saturate near 1, so
+    # their drop is flat over much of the object (the probability map points inside for 88% of these images)
+    result = cl.occlusion(model, data.images[:N], cl.logit(data.labels[:N]), mask_size=12, stride=4)
+    assert result.target.startswith("logit(")
     assert _pointing_rate(-result.map, data.masks[:N], TOLERANCE) >= 0.9
 
 

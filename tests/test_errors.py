@@ -29,6 +29,8 @@ def test_unknown_layer_lists_valid_layers_and_closest_match(shapes):
         cl.saliency(model, x, "stage3.con2:1")
     with pytest.raises(TypeError, match="layer must be a layer name"):
         cl.gradcam(model, x, layer=4)
+    with pytest.raises(ValueError, match=r"layer 'gap' has no spatial output \(its output is \(128, 1, 1\)\)"):
+        cl.gradcam(model, x, layer="gap")
 
 
 @pytest.mark.parametrize("method", ["saliency", "gradcam", "deconvnet", "guided_backprop", "occlusion"])

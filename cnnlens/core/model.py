@@ -303,5 +303,8 @@ def find_layer(table: list[LayerInfo], name: str | None, *, spatial: bool = Fals
     shown = ", ".join(names) if len(names) <= 40 else ", ".join(names[:20] + ["..."] + names[-19:])
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return_error = f"Unknown {argument} {name!r}. {what}: {shown}.{hint}"
-    raise ValueError(return_error)
+    flat = next((info for info in table if info.name == name), None)
+    if flat is not None:
+        raise ValueError(f"{argument} {name!r} has no spatial output (its output is {tuple(flat.shape)}); "
+                         f"this needs a C×H×W layer. {what}: {shown}.{hint}")
+    raise ValueError(f"Unknown {argument} {name!r}. {what}: {shown}.{hint}")
