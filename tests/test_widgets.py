@@ -128,6 +128,11 @@ def test_views_compute_for_every_method(shapes):
     occlusion = OcclusionView(model, data)
     assert occlusion.wait(60)
     assert occlusion.label_panel.legend and occlusion.label_panel.shape == [64, 64]
+    assert "strongest map stage4:" in occlusion.unit_panel.title
+    occlusion.layer.value = "stage2"
+    assert occlusion.wait(60) and occlusion.unit.max == 31 and "strongest map stage2:" in occlusion.unit_panel.title
+    occlusion.unit.value = 7
+    assert occlusion.wait(60) and occlusion.unit_panel.title.endswith("map stage2:7")
     labels = np.frombuffer(occlusion.label_panel.heat, np.float32)
     assert set(np.unique(labels).astype(int)) == set(range(len(occlusion.label_panel.legend)))  # only labels present
     deconv = DeconvView(model, data)

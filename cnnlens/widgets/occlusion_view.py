@@ -8,12 +8,16 @@ import ipywidgets as W
 import torch
 
 from ..explain.occlusion import MASK_VALUES, occlusion
-from .base import Images, View
+from .base import Images, View, spatial_layers
 from .panel import Panel
 
 
 class OcclusionView(View):
-    """Mask size, stride, mask value and target → probability, feature-map and label maps."""
+    """Mask size, stride, mask value, target, layer and unit → probability, feature-map and label maps.
+
+    The feature-map panel follows one unit of ``layer``; unit -1 (the default) picks the map with the
+    largest total activation on the clean image, as Zeiler & Fergus do.
+    """
 
     def __init__(self, model: torch.nn.Module, images: Any, index: W.IntSlider | None = None):
         images = images if isinstance(images, Images) else Images(images, model)
@@ -25,15 +29,28 @@ class OcclusionView(View):
                                   continuous_update=False, style=style)
         self.mask_value = W.Dropdown(options=list(MASK_VALUES), value="gray", description="mask value")
         self.target = W.Dropdown(options=[("—", 0)], description="target")
+        self.table = {info.name: info for info in spatial_layers(model, images)}
+        layers = list(self.table)
+        self.layer = W.Dropdown(options=layers, value=layers[-1], description="layer")
+        self.unit = W.IntSlider(value=-1, min=-1, max=self.table[layers[-1]].channels - 1, description="unit",
+                                continuous_update=False, tooltip="feature map of the layer; -1: the strongest one")
         self.prob_panel = Panel("heatmap", "target probability", cmap="magma")
         self.unit_panel = Panel("heatmap", "feature-map activation", cmap="viridis", opacity=0.85)
         self.label_panel = Panel("labels", "most probable label")
         self._quiet = False
         super().__init__(model, images, [self.prob_panel, self.unit_panel, self.label_panel],
-                         [self.mask_size, self.stride, self.mask_value, self.target], index)
-        for widget in (self.mask_size, self.stride, self.mask_value, self.target):
+                         [self.mask_size, self.stride, self.mask_value, self.target, self.layer, self.unit], index)
+        for widget in (self.mask_size, self.stride, self.mask_value, self.target, self.unit):
             widget.observe(lambda _: None if self._quiet else self.refresh(), "value")
+        self.layer.observe(lambda _: self._layer_changed(), "value")
         self.image_changed()
+
+    def _layer_changed(self) -> None:
+        self._quiet = True
+        self.unit.value = -1  # the strongest feature map of the new layer
+        self.unit.max = self.table[self.layer.value].channels - 1
+        self._quiet = False
+        self.refresh()
 
     def image_changed(self) -> None:
         self.names = self.retarget(self.target)
@@ -41,7 +58,8 @@ class OcclusionView(View):
 
     def refresh(self) -> None:
         image, _ = self.image
-        params = {"mask_size": self.mask_size.value, "stride": self.stride.value, "mask_value": self.mask_value.value}
+        params = {"mask_size": self.mask_size.value, "stride": self.stride.value, "mask_value": self.mask_value.value,
+                  "layer": self.layer.value, "unit": None if self.unit.value < 0 else self.unit.value}
         target, names = self.target.value, self.names
 
         def compute(progress, cancel, partial):
@@ -53,8 +71,9 @@ class OcclusionView(View):
 
         def publish(result):
             self.prob_panel.show(image, result.map, title=f"P({names[target]}) with the mask here")
+            which = "strongest map" if params["unit"] is None else "map"
             self.unit_panel.show(image, result.unit_map,
-                                 title=f"activation of {result.params['unit_layer']}:{int(result.unit)}")
+                                 title=f"activation of {which} {result.params['unit_layer']}:{int(result.unit)}")
             self.label_panel.show_labels(result.label_map, names, title="most probable label")
 
         self.runner.submit(compute, publish)

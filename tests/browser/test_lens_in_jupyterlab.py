@@ -181,6 +181,13 @@ def test_occlusion_sliders_and_stop(demo: Notebook):
         change()
         wait_redraw(page, prob, before)
         assert prob.evaluate(CANVAS) != before_pixels
+    unit_panel = visible_panels(page).nth(1)
+    for change in (lambda: choose(page, "layer", "stage3"), lambda: set_slider(page, "unit", 5)):
+        before_pixels, before = unit_panel.evaluate(CANVAS), render_count(unit_panel)
+        change()
+        wait_redraw(page, unit_panel, before)
+        assert unit_panel.evaluate(CANVAS) != before_pixels
+    assert unit_panel.locator(".cl-title").text_content().endswith("map stage3:5")
     # a long occlusion (every pixel, small mask) is interrupted by Stop
     set_slider(page, "mask size", 3)
     set_slider(page, "stride", 1)
