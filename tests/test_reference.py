@@ -69,9 +69,12 @@ def test_gradient_methods_match_captum(arch, default_model):
     close(cl.saliency(model, x, target).raw.abs(), Saliency(reference).attribute(x, target=target, abs=True))
     close(cl.input_x_gradient(model, x, target).raw, InputXGradient(reference).attribute(x, target=target))
     ours = cl.integrated_gradients(model, x, target, steps=16, batch_size=8)
-    theirs = IntegratedGradients(reference).attribute(x, baselines=0.0, target=target, n_steps=16,
-                                                     method="gausslegendre", internal_batch_size=8)
+    theirs, delta = IntegratedGradients(reference).attribute(x, baselines=0.0, target=target, n_steps=16,
+                                                            method="gausslegendre", internal_batch_size=8,
+                                                            return_convergence_delta=True)
     close(ours.raw, theirs, rtol=1e-3)
+    scale = float((ours.raw.flatten(1).sum(1) - delta).abs().max()) or 1.0  # |f(x) - f(baseline)|
+    torch.testing.assert_close(ours.convergence_delta, delta.float(), rtol=0, atol=1e-3 * scale)
     # captum's trapezoid weights are 1/n with halved ends (they sum to (n-1)/n); cnnlens uses the exact
     # trapezoid rule on linspace(0, 1, n), weights 1/(n-1): the two differ by the factor (n-1)/n.
     trapezoid = cl.integrated_gradients(model, x, target, steps=10, rule="riemann_trapezoid")

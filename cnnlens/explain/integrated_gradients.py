@@ -3,7 +3,7 @@
 (x − baseline) times the path integral of the gradient along the straight
 line from the baseline to x, by Gauss–Legendre quadrature (or Riemann
 rules). The attributions sum to f(x) − f(baseline) up to the reported
-``convergence_delta``. Points are evaluated in batches of ``batch_size``.
+``convergence_delta`` = Σ attributions − (f(x) − f(baseline)), as in captum. Points are evaluated in batches of ``batch_size``.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def integrated_gradients(model: torch.nn.Module, x: Any, target: Any = None, *, 
         raw = (batch.x - base) * grads
         with torch.no_grad():
             gap = objective({}, logits) - objective({}, base_logits) if not objective.layers else None
-        delta = (gap - raw.flatten(1).sum(1)).cpu() if gap is not None else None
+        delta = (raw.flatten(1).sum(1) - gap).cpu() if gap is not None else None  # captum's sign convention
         params = {"baseline": baseline if isinstance(baseline, (str, int, float)) else "tensor",
                   "steps": steps, "rule": rule, "batch_size": batch_size}
         extras = {"convergence_delta": delta} if delta is not None else {}
