@@ -45,6 +45,19 @@ def test_receptive_fields_match_known_values():
     assert default["stage4"].receptive_field(4, 4, (64, 64)) == (11, 61, 11, 61)
 
 
+def test_channels_last_blocks_and_squeeze_excitation_gates_keep_the_layer_table_right():
+    """ConvNeXt permutes to H×W×C inside its blocks; EfficientNet gates channels with a global 1×1 branch."""
+    convnext = {i.name: i for i in cl.layers(random_model("convnext_tiny"), 64)}
+    inside = convnext["features.1.0.block.2"]  # LayerNorm on the channels-last view
+    assert inside.shape == (16, 16, 96) and not inside.spatial
+    block = convnext["features.1.0"]  # back to C×H×W after the block
+    assert block.spatial and block.shape == (96, 16, 16) and block.rf_stride == 4
+    assert convnext["features"].spatial and convnext["features"].rf_stride == 32
+    efficientnet = {i.name: i for i in cl.layers(random_model("efficientnet_b0"), 64)}
+    assert efficientnet["features"].rf_stride == 32  # the gate's whole-image branch does not set the grid
+    assert efficientnet["features.1.0.block.1"].rf_stride == 2  # the gated map keeps its depthwise conv's grid
+
+
 def test_wrappers_are_unwrapped():
     model = cl.zoo.shapes_model()
     plain = [i.name for i in cl.layers(model)]

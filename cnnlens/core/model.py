@@ -134,8 +134,8 @@ class LayerInfo:
 
     @property
     def spatial(self) -> bool:
-        """True when the output has a spatial grid (C×H×W with H·W > 1)."""
-        return len(self.shape) == 3 and self.shape[1] * self.shape[2] > 1
+        """True when the output has a spatial grid laid out C×H×W (H·W > 1); channels-last outputs are not."""
+        return len(self.shape) == 3 and self.shape[1] * self.shape[2] > 1 and self.rf_stride is not None
 
     def receptive_field(self, y: int, x: int, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
         """The input box ``(y0, y1, x0, x1)`` (end-exclusive, clipped to the image) that unit (y, x) sees."""
@@ -208,12 +208,28 @@ def _next_rf(name: str, rf: _RF, args: tuple, kwargs: dict, out_hw: tuple[int, i
     return rf
 
 
+_AXIS_MOVES = frozenset({"permute", "transpose", "movedim", "moveaxis", "swapaxes", "swapdims"})
+
+
+def _grid_last_after_move(inp: torch.Tensor, grid_last: bool, out: torch.Tensor) -> bool:
+    """After an axis-moving op: is the H×W grid on ``out``'s last two axes (C×H×W) or not (channels-last)?"""
+    if inp.dim() != out.dim() or out.dim() < 4:
+        return False
+    grid = tuple(inp.shape[-2:]) if grid_last else tuple(inp.shape[-3:-1])
+    channels = inp.shape[-3] if grid_last else inp.shape[-1]
+    return tuple(out.shape[-2:]) == grid and out.shape[-3] == channels
+
+
 class _ReceptiveFieldMode(TorchFunctionMode):
-    """Labels every tensor computed from the probe input with its receptive field."""
+    """Labels every tensor computed from the probe input with its receptive field and grid layout.
+
+    A tensor's grid is "last" (…×C×H×W) or, after a permute to channels-last (…×H×W×C, as in
+    ConvNeXt and Swin blocks), not; the receptive field is carried through either way.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.fields: dict[int, tuple[_RF | None, weakref.ref]] = {}
+        self.fields: dict[int, tuple[_RF | None, weakref.ref, bool]] = {}
 
     def field(self, t: torch.Tensor) -> _RF | None | str:
         entry = self.fields.get(id(t))
@@ -221,8 +237,13 @@ class _ReceptiveFieldMode(TorchFunctionMode):
             return "untracked"
         return entry[0]
 
-    def label(self, t: torch.Tensor, rf: _RF | None) -> None:
-        self.fields[id(t)] = (rf, weakref.ref(t))
+    def grid_last(self, t: torch.Tensor) -> bool:
+        """Whether ``t``'s spatial grid sits on its last two axes (False for channels-last tensors)."""
+        entry = self.fields.get(id(t))
+        return entry is not None and entry[1]() is t and entry[2]
+
+    def label(self, t: torch.Tensor, rf: _RF | None, grid_last: bool = True) -> None:
+        self.fields[id(t)] = (rf, weakref.ref(t), grid_last)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -231,16 +252,25 @@ class _ReceptiveFieldMode(TorchFunctionMode):
         tracked = [(t, f) for t, f in tracked if f != "untracked"]
         if not tracked:
             return out
-        spatial = [f for _, f in tracked if f is not None]
+        spatial = [(t, f) for t, f in tracked if f is not None]
         name = getattr(func, "__name__", "")
         for t in tree_leaves(out):
             if not isinstance(t, torch.Tensor):
                 continue
             if not spatial or t.dim() < 4:
                 self.label(t, None)
-            else:
-                widest = max(spatial, key=lambda f: f.size[0] * f.size[1])
+                continue
+            # inputs on the output's own grid carry its local field; a broadcast 1×1 gate (squeeze-and-excitation)
+            # sees the whole image but does not move the grid, so it does not set the field
+            same_grid = [(i, f) for i, f in spatial if i.dim() == t.dim() and i.shape[-2:] == t.shape[-2:]]
+            source, widest = max(same_grid or spatial, key=lambda tf: tf[1].size[0] * tf[1].size[1])
+            grid_last = self.grid_last(source)
+            if name in _AXIS_MOVES:
+                self.label(t, widest, _grid_last_after_move(source, grid_last, t))
+            elif grid_last:
                 self.label(t, _next_rf(name, widest, args, kwargs, tuple(t.shape[-2:])))
+            else:  # channels-last: element-wise ops, norms and linear layers keep the field
+                self.label(t, widest, False)
         return out
 
 
@@ -257,8 +287,9 @@ def probe_layers(net: nn.Module, forward: Callable[[torch.Tensor], Any], x: torc
         if not isinstance(output, torch.Tensor) or threading.get_ident() != owner:
             return  # another thread's forward on the same shadow
         entry = seen.pop(name, {"calls": 0})  # re-insert: order = last completion
-        entry.update(calls=entry["calls"] + 1, kind=type(module).__name__,
-                     shape=tuple(output.shape[1:]), rf=mode.field(output))
+        rf = mode.field(output)
+        entry.update(calls=entry["calls"] + 1, kind=type(module).__name__, shape=tuple(output.shape[1:]),
+                     rf=rf if isinstance(rf, _RF) and mode.grid_last(output) else None)
         seen[name] = entry
 
     try:

@@ -3,7 +3,8 @@
 (x − baseline) times the path integral of the gradient along the straight
 line from the baseline to x, by Gauss–Legendre quadrature (or Riemann
 rules). The attributions sum to f(x) − f(baseline) up to the reported
-``convergence_delta`` = Σ attributions − (f(x) − f(baseline)), as in captum. Points are evaluated in batches of ``batch_size``.
+``convergence_delta`` = Σ attributions − (f(x) − f(baseline)), as in captum.
+Points are evaluated in batches of ``batch_size``.
 """
 
 from __future__ import annotations
