@@ -199,6 +199,13 @@ def test_occlusion_sliders_and_stop(demo: Notebook):
     set_slider(page, "unit", unit)
     wait_title(page, unit_panel, f"activation of map stage3:{unit}")
     assert unit_panel.evaluate(CANVAS) != before_pixels
+    target = page.locator(".widget-dropdown:visible:has(label:text-is('target')) select")
+    second = target.locator("option").nth(1).text_content().replace("\xa0", " ")
+    name = second.rsplit(" (", 1)[0]
+    before_pixels = prob.evaluate(CANVAS)
+    target.select_option(index=1)
+    wait_title(page, prob, f"P({name})")
+    assert prob.evaluate(CANVAS) != before_pixels
     # a long occlusion (every pixel, small mask) is interrupted by Stop
     set_slider(page, "mask size", 3)
     set_slider(page, "stride", 1)
@@ -224,6 +231,36 @@ def test_errors_show_inside_the_widget(demo: Notebook):
     choose(page, "layer", "stage4")
     page.wait_for_function("el => el.dataset.status === 'idle' && !el.querySelector('.cl-error').textContent",
                            arg=panel.element_handle(), timeout=30_000)
+
+
+def test_target_class_and_compare_mode(demo: Notebook):
+    page = demo.page
+    open_tab(page, "Attribution")
+    choose(page, "method", "Grad-CAM")
+    choose(page, "layer", "stage2")
+    panel = visible_panels(page).first
+    wait_title(page, panel, "Grad-CAM")
+    target = page.locator(".widget-dropdown:visible:has(label:text-is('target')) select")
+    second = target.locator("option").nth(1).text_content().replace("\xa0", " ")  # the second most probable class
+    before = panel.evaluate(CANVAS)
+    target.select_option(index=1)
+    wait_title(page, panel, f"Grad-CAM · {second}")
+    assert panel.evaluate(CANVAS) != before
+    # compare: each method in its own panel; CAM cannot run at stage2 and says so in its panel only
+    compare = page.locator(".widget-select-multiple:visible:has(label:text-is('compare')) select")
+    compare.select_option(label=["Gradient saliency", "CAM"])
+    page.wait_for_function(
+        """() => { const ps = [...document.querySelectorAll('.cnnlens-panel')].filter(p => p.offsetParent);
+                   return ps.length === 2
+                          && ps[0].querySelector('.cl-title').textContent.startsWith('Gradient saliency')
+                          && ps[1].querySelector('.cl-error').textContent.includes('gradcam'); }""", timeout=60_000)
+    assert visible_panels(page).first.evaluate(CANVAS) != ""
+    demo.screenshot("attribution_compare", page.locator(".widget-tab:visible").first)
+    compare.select_option([])
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.cnnlens-panel')].filter(p => p.offsetParent).length === 1")
+    choose(page, "layer", "stage4")
+    wait_title(page, visible_panels(page).first, "Grad-CAM")
 
 
 def test_class_names_render_as_text(open_notebook):
