@@ -147,7 +147,12 @@ class Logit(Objective):
             raise TypeError(f"index must be a class index (int) or one int per image, got {index!r}; "
                             "a class name works as a method's target= when the model has class names.")
         self.index = checked
+        self.name = name
         self.description = f"logit({name or _shown(checked)})"
+
+    def probability(self) -> Prob:
+        """The same class(es), through the softmax (what occlusion and LIME map)."""
+        return Prob(self.index, self.name)
 
     def __call__(self, acts: Activations, logits: torch.Tensor) -> torch.Tensor:
         if isinstance(self.index, int):

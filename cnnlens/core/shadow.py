@@ -103,22 +103,11 @@ def shadow(model: nn.Module) -> nn.Module:
         return net
     memo: dict[int, nn.Module] = {}
     net = _copy_tree(model, memo)
-    _CACHE[model] = (key, net, [_Mirror(original, memo[id(original)]) for original in _modules_of(model)])
+    _CACHE[model] = (key, net, [_Mirror(original, memo[id(original)]) for original in model.modules()])
     return net
 
 
 _MANAGED = frozenset({"_parameters", "_buffers", "_modules", "training", "_is_full_backward_hook"})
-
-
-def _modules_of(model: nn.Module) -> list[nn.Module]:
-    seen: dict[int, nn.Module] = {}
-    stack = [model]
-    while stack:
-        module = stack.pop()
-        if id(module) not in seen:
-            seen[id(module)] = module
-            stack.extend(child for child in module._modules.values() if child is not None)
-    return list(seen.values())
 
 
 class _Mirror:

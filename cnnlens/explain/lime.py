@@ -104,7 +104,7 @@ def lime(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 3
         objective = fixed_target(objective, logits)
         if not isinstance(objective, Logit):
             raise ValueError(f"target: LIME explains a class (an int or None), got {objective.description!r}.")
-        objective = Prob(objective.index, objective.description.removeprefix("logit(").removesuffix(")"))
+        objective = objective.probability()
         classes = torch.as_tensor(objective.index).long().reshape(-1).expand(len(batch.x))
         objective({}, logits)  # range check of the class index
         gen = generator(seed, torch.device("cpu"))

@@ -92,7 +92,7 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
             if not isinstance(target, Objective) and isinstance(objective, (Logit, Predicted)):
                 # a class, however it was written: Zeiler & Fergus map its probability
                 objective = fixed_target(objective, logits)
-                objective = Prob(objective.index, objective.description.removeprefix("logit(").removesuffix(")"))
+                objective = objective.probability()
             totals = cap[info.name].flatten(2).sum(2)  # B×C total activation per feature map
             units = totals.argmax(1) if unit is None else torch.full((len(batch.x),), unit, device=totals.device)
             grids = {"target": [], "unit": [], "label": []}
