@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .shadow import named_modules
+
 
 class Capture:
     """Activations recorded in one forward, by layer name (a reused module keeps its last call)."""
@@ -56,9 +58,10 @@ def capture(net: nn.Module, names: Iterable[str], stop_below: str | None = None)
         store.activations[name] = output
         return output.clone()
 
+    modules = named_modules(net)
     try:
         for name in names:
-            module = net.get_submodule(name)
+            module = modules[name]
             handles.append(module.register_forward_hook(lambda m, i, o, name=name: hook(name, m, i, o)))
         if stop_below is not None:
             torch.set_grad_enabled(False)

@@ -276,6 +276,8 @@ class _ReceptiveFieldMode(TorchFunctionMode):
 
 def probe_layers(net: nn.Module, forward: Callable[[torch.Tensor], Any], x: torch.Tensor) -> list[LayerInfo]:
     """Run ``forward(x)`` once on ``net`` (a shadow) and describe every module that ran, in completion order."""
+    from .shadow import named_modules  # shadow.py imports this module
+
     mode = _ReceptiveFieldMode()
     seen: dict[str, dict[str, Any]] = {}
     handles = []
@@ -293,7 +295,7 @@ def probe_layers(net: nn.Module, forward: Callable[[torch.Tensor], Any], x: torc
         seen[name] = entry
 
     try:
-        for name, module in net.named_modules():
+        for name, module in named_modules(net).items():
             if name:
                 handles.append(module.register_forward_hook(lambda m, i, o, name=name: record(name, m, i, o)))
         x = x.detach()

@@ -6,10 +6,13 @@ Every method opens ``with look(model) as s:`` and then only touches ``s.net``
 
 from __future__ import annotations
 
+import functools
+import threading
 import weakref
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -17,9 +20,11 @@ from torch import nn
 from .images import Batch, to_batch
 from .model import InputSpec, LayerInfo, expected_channels, find_layer, probe_layers, spec_of, unwrap
 from .results import Prediction
-from .shadow import copyable, guarded, shadow
+from .shadow import ShadowError, copyable, guarded, named_modules, view
 
-_TABLES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], list[LayerInfo]]] = weakref.WeakKeyDictionary()
+_TABLES: weakref.WeakKeyDictionary[nn.Module, OrderedDict[tuple[int, int], list[LayerInfo]]] = \
+    weakref.WeakKeyDictionary()
+MAX_TABLES = 8  # layer tables kept per model (one per input size, least recently used dropped)
 
 
 _CHANNELS: weakref.WeakKeyDictionary[nn.Module, int | None] = weakref.WeakKeyDictionary()
@@ -59,12 +64,13 @@ def select_output(out: Any, selector: Any) -> torch.Tensor:
 class Session:
     """A model seen through cnnlens: ``net`` is what runs (the shadow, or the guarded model itself)."""
 
-    def __init__(self, model: nn.Module, net: nn.Module, is_shadow: bool):
+    def __init__(self, model: nn.Module, net: nn.Module, is_shadow: bool, shared: nn.Module | None = None):
         self.model = model
         self.net = net
         self.is_shadow = is_shadow
+        self._shared = shared if shared is not None else net  # what caches are kept with (not a snapshot)
         self.spec: InputSpec = spec_of(model)
-        self.channels = _channels(model, net)
+        self.channels = _channels(model, self._shared)
         ref = next(iter(model.parameters()), None)
         ref = ref if ref is not None else next(iter(model.buffers()), None)
         self.device = ref.device if ref is not None else torch.device("cpu")
@@ -124,10 +130,14 @@ class Session:
     def layers(self, size: tuple[int, int] | None = None) -> list[LayerInfo]:
         """The layer table for inputs of ``size`` (probed once, cached with the shadow)."""
         size = tuple(size or self.spec.input_size or (224, 224))
-        tables = _TABLES.setdefault(self.net, {})
-        if size not in tables:
+        tables = _TABLES.setdefault(self._shared, OrderedDict())
+        if size in tables:
+            tables.move_to_end(size)
+        else:
             probe = torch.full((1, self.channels or 3, *size), 0.5, device=self.device, dtype=self.dtype)
             tables[size] = probe_layers(self.net, self.raw_forward, probe)
+            while len(tables) > MAX_TABLES:
+                tables.popitem(last=False)
         return tables[size]
 
     def layer(self, name: str | None, size: tuple[int, int], *, spatial: bool = True,
@@ -139,7 +149,37 @@ class Session:
         return find_layer(self.layers(size), name, spatial=spatial, argument=argument)
 
     def module(self, name: str) -> nn.Module:
-        return self.net.get_submodule(name)
+        return named_modules(self.net)[name]
+
+
+class WeightsMoved(Exception):
+    """The shared weights changed under a look (another thread is training): the call is redone on a snapshot."""
+
+
+_RETRYING = threading.local()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def redone_when_weights_move(fn: F) -> F:
+    """Run ``fn`` again (on a snapshot of the weights) when a training thread changed them while it ran.
+
+    Every public method is wrapped, so a call made while another thread trains never raises autograd's
+    in-place error and never mixes two sets of weights; when no one trains it runs once.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        depth = getattr(_RETRYING, "depth", 0)
+        _RETRYING.depth = depth + 1
+        try:
+            for _ in range(3):
+                try:
+                    return fn(*args, **kwargs)
+                except WeightsMoved:
+                    continue
+            return fn(*args, **kwargs)
+        finally:
+            _RETRYING.depth = depth
+    return wrapper  # type: ignore[return-value]
 
 
 @contextmanager
@@ -148,16 +188,27 @@ def look(model: nn.Module) -> Iterator[Session]:
     model = unwrap(model)
     with torch.inference_mode(False):  # methods need autograd even when called under torch.inference_mode()
         try:
-            net = shadow(model)
+            job = view(model)
+        except ShadowError:
+            raise
         except TypeError:
             if copyable(model):
                 raise
             with guarded(model) as net:
                 yield Session(model, net, is_shadow=False)
             return
-        yield Session(model, net, is_shadow=True)
+        retry = getattr(_RETRYING, "depth", 0) > 0
+        try:
+            yield Session(model, job.net, is_shadow=True, shared=job.shared)
+        except Exception as error:
+            if retry and job.weights_moved():
+                raise WeightsMoved("the weights changed during the call") from error
+            raise
+        if retry and job.weights_moved():
+            raise WeightsMoved("the weights changed during the call")
 
 
+@redone_when_weights_move
 def layers(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> list[LayerInfo]:
     """Every module that runs in a forward: name, kind, output shape, channels, receptive field.
 

@@ -18,10 +18,11 @@ from torch import nn
 from ..core.hooks import capture
 from ..core.objectives import Logit, Predicted, Prob
 from ..core.results import Explanation
-from ..core.session import look
+from ..core.session import look, redone_when_weights_move
 from ._common import explanation, objective_for
 
 
+@redone_when_weights_move
 def cam(model: torch.nn.Module, x: Any, target: Any = None, *, layer: str | None = None) -> Explanation:
     """CAM of class ``target`` (None = predicted) at ``layer`` (None = last spatial layer)."""
     with look(model) as s:

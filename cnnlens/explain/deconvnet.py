@@ -22,7 +22,7 @@ import torch
 
 from ..core.objectives import Channel, Custom, Objective
 from ..core.results import Explanation
-from ..core.session import look
+from ..core.session import look, redone_when_weights_move
 from ._common import explanation, input_gradient, objective_for, output_size
 
 MODES = ("max", "map")
@@ -54,6 +54,7 @@ def _scaled(box: tuple[int, int, int, int], source: tuple[int, int], target: tup
     return (int(y0 * th // sh), int(-(-y1 * th // sh)), int(x0 * tw // sw), int(-(-x1 * tw // sw)))
 
 
+@redone_when_weights_move
 def deconvnet(model: torch.nn.Module, x: Any, target: Any = None, *, mode: str = "max") -> Explanation:
     """Project ``target`` (a 'layer:unit' feature map, a neuron, or a class) back to pixels."""
     if mode not in MODES:

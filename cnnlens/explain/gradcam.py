@@ -14,10 +14,11 @@ import torch
 
 from ..core.hooks import capture
 from ..core.results import Explanation
-from ..core.session import look
+from ..core.session import look, redone_when_weights_move
 from ._common import explanation, objective_for
 
 
+@redone_when_weights_move
 def gradcam(model: torch.nn.Module, x: Any, target: Any = None, *, layer: str | None = None,
             relu: bool = True) -> Explanation:
     """Grad-CAM map of ``target`` at ``layer`` (None = last spatial layer); ``raw`` is the layer-resolution map."""

@@ -12,10 +12,11 @@ from typing import Any
 import torch
 
 from ..core.results import Explanation
-from ..core.session import look
+from ..core.session import look, redone_when_weights_move
 from ._common import explanation, input_gradient, objective_for
 
 
+@redone_when_weights_move
 def guided_backprop(model: torch.nn.Module, x: Any, target: Any = None) -> Explanation:
     """Guided-backprop gradient of ``target`` w.r.t. ``x``; ``raw`` is C×H×W, ``map`` its max |·| over channels."""
     with look(model) as s:

@@ -10,10 +10,11 @@ from typing import Any
 import torch
 
 from ..core.results import Explanation
-from ..core.session import look
+from ..core.session import look, redone_when_weights_move
 from ._common import explanation, input_gradient, objective_for
 
 
+@redone_when_weights_move
 def input_x_gradient(model: torch.nn.Module, x: Any, target: Any = None) -> Explanation:
     """x · d target / d x, summed over channels (signed)."""
     with look(model) as s:

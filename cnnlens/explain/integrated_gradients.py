@@ -17,7 +17,7 @@ import torch
 from ..core.images import gaussian_blur
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
-from ..core.session import look
+from ..core.session import look, redone_when_weights_move
 from ._common import explanation, fixed_target, objective_for, positive_int, summed_gradients
 
 RULES = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
@@ -68,6 +68,7 @@ def _baseline(baseline: Any, x: torch.Tensor) -> torch.Tensor:
                     f"got {type(baseline).__name__}.")
 
 
+@redone_when_weights_move
 def integrated_gradients(model: torch.nn.Module, x: Any, target: Any = None, *, baseline: Any = "black",
                          steps: int = 50, rule: str = "gausslegendre", batch_size: int = 64,
                          progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> Explanation:

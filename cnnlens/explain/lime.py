@@ -23,7 +23,7 @@ from ..core.images import gaussian_blur, to_uint8
 from ..core.objectives import Logit, Prob
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
-from ..core.session import look
+from ..core.session import look, redone_when_weights_move
 from ._common import explanation, fixed_target, generator, objective_for, positive_int
 
 SEGMENTATIONS = ("slic", "grid")
@@ -72,6 +72,7 @@ def fit_surrogate(patterns: np.ndarray, outputs: np.ndarray, kernel_width: float
     return ridge.coef_.astype(np.float32), float(ridge.intercept_), float(ridge.score(patterns, outputs, kernel))
 
 
+@redone_when_weights_move
 def lime(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 300, features: int = 5,
          segmentation: str = "slic", segments: int = 40, kernel_width: float = 0.25, hide: str = "mean",
          batch_size: int = 64, seed: int | None = None, progress: ProgressFn | None = None,

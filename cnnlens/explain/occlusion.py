@@ -24,7 +24,7 @@ from ..core.images import gaussian_blur
 from ..core.objectives import Logit, Objective, Predicted, Prob
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
-from ..core.session import look
+from ..core.session import look, redone_when_weights_move
 from ._common import explanation, fixed_target, objective_for, positive_int
 
 MASK_VALUES = ("gray", "mean", "zero", "blur")
@@ -55,6 +55,7 @@ def _fill(mask_value: Any, x: torch.Tensor, mask_size: int, dataset_mean: tuple[
     raise ValueError(f"Unknown mask_value {mask_value!r}. Valid: {', '.join(MASK_VALUES)} or a number.")
 
 
+@redone_when_weights_move
 def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: int | None = None,
               stride: int | None = None, mask_value: Any = "gray", layer: str | None = None,
               unit: int | None = None, batch_size: int = 64, progress: ProgressFn | None = None,

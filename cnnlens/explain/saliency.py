@@ -11,10 +11,11 @@ from typing import Any
 import torch
 
 from ..core.results import Explanation
-from ..core.session import look
+from ..core.session import look, redone_when_weights_move
 from ._common import explanation, input_gradient, objective_for
 
 
+@redone_when_weights_move
 def saliency(model: torch.nn.Module, x: Any, target: Any = None) -> Explanation:
     """|d target / d x|, max over channels. ``target``: class index, 'layer:unit', Objective or None (top class)."""
     with look(model) as s:

@@ -14,10 +14,11 @@ import torch
 
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
-from ..core.session import look
+from ..core.session import look, redone_when_weights_move
 from ._common import explanation, fixed_target, generator, objective_for, positive_int, summed_gradients
 
 
+@redone_when_weights_move
 def smoothgrad(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 25, noise: float = 0.15,
                absolute: bool = True, batch_size: int = 64, seed: int | None = None,
                progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> Explanation:
