@@ -221,6 +221,9 @@ function render({ model, el: root }) {
   ui.stop.textContent = "Stop";
   ui.stop.onclick = () => model.send({ type: "stop" });
   ui.error = el("div", "cl-error", root);
+  ui.details = el("details", "cl-details", root);  // the error's traceback, folded
+  el("summary", "", ui.details).textContent = "details";
+  ui.traceback = el("pre", "cl-traceback", ui.details);
   let count = 0;
 
   const draw = () => {
@@ -248,6 +251,12 @@ function render({ model, el: root }) {
     status.hidden = state !== "running";
     ui.error.textContent = model.get("error");
     ui.error.hidden = !model.get("error");
+    const details = model.get("details") || "";
+    if (ui.traceback.textContent !== details) {
+      ui.traceback.textContent = details;
+      ui.details.open = false;  // a new error starts folded
+    }
+    ui.details.hidden = !model.get("error") || !details;
   };
   // One message from Python changes several traits at once: draw once after all of them.
   let scheduled = false;
@@ -261,7 +270,7 @@ function render({ model, el: root }) {
   };
   const events = ["change:image", "change:heat", "change:shape", "change:cmap", "change:cmap_index", "change:opacity", "change:signed",
     "change:vmax", "change:rect", "change:legend", "change:bars", "change:size", "change:title", "change:kind"];
-  const statusEvents = ["change:status", "change:progress", "change:error"];
+  const statusEvents = ["change:status", "change:progress", "change:error", "change:details"];
   events.forEach((e) => model.on(e, schedule));
   statusEvents.forEach((e) => model.on(e, showStatus));
   draw();

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import ipywidgets as W
 import numpy as np
 import pytest
 import torch
@@ -225,3 +226,306 @@ def test_moving_the_image_picker_submits_one_job(shapes, view_class):
     view.index.value = 2
     assert view.wait(60) and view.runner.last_error is None
     assert len(submitted) == 1
+
+
+# --- issue 6: views clean up after themselves; looking stays harmless ---------------------------------------------
+
+
+def cnnlens_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("cnnlens")]
+
+
+def widget_ids(widget) -> set[str]:
+    """Model ids of ``widget`` and everything below it (children, layouts, styles) with an open comm."""
+    found, stack = set(), [widget]
+    while stack:
+        w = stack.pop()
+        if w is None or getattr(w, "comm", None) is None:
+            continue
+        found.add(w.model_id)
+        stack += list(getattr(w, "children", ())) + [getattr(w, "layout", None), getattr(w, "style", None)]
+    return found
+
+
+def test_closing_a_lens_releases_threads_widgets_and_the_model(shapes):
+    import gc
+    import weakref
+
+    from ipywidgets.widgets.widget import _instances
+
+    from cnnlens.zoo import shapes_model
+
+    _, data = shapes
+    model = shapes_model()  # a fresh model: the only references are ours
+    alive = weakref.ref(model)
+    lens = cl.Lens(model, data)
+    lens.index.value = 2
+    assert lens.wait(60)
+    view = lens.views["Attribution"]
+    view.method.value = "lime"  # a streaming job, its progress timer and its closures...
+    owned = widget_ids(lens) | {p.model_id for v in lens.views.values() for p in v.panels}
+    links = [link.model_id for link in view._links]
+    assert owned and links and cnnlens_threads()
+    lens.close()  # ...cancelled while it runs
+    assert cnnlens_threads() == []
+    assert not (owned | set(links)) & set(_instances)  # every widget of the lens closed, jslinks included
+    del lens, view, model
+    gc.collect()
+    assert alive() is None
+
+
+def test_twenty_lenses_leave_no_worker_thread(shapes):
+    model, data = shapes
+    for i in range(20):
+        lens = cl.Lens(model, data)
+        if i % 2:
+            assert lens.wait(60)  # half of them idle, half closed mid-computation
+        lens.close()
+    assert cnnlens_threads() == []
+
+
+def test_an_idle_view_holds_no_thread(shapes):
+    model, data = shapes
+    view = DeconvView(model, data)
+    assert view.wait(60)
+    assert view.runner._thread is None  # the worker ended with its last job...
+    for thread in cnnlens_threads():
+        thread.join(5)  # ...and is at most returning
+    assert cnnlens_threads() == []
+    view.unit.value = 3  # the next change starts one again
+    assert view.wait(60) and view.runner.last_error is None and "unit stage4:3" in view.input_panel.title
+    view.close()
+
+
+def test_closing_the_comm_from_the_front_end_closes_the_view(shapes):
+    import comm
+
+    model, data = shapes
+    for widget in (OcclusionView(model, data), cl.Lens(model, data)):
+        runners = [v.runner for v in getattr(widget, "views", {"": widget}).values()]
+        msg = {"content": {"comm_id": widget.comm.comm_id, "data": {}}}
+        comm.get_comm_manager().comm_close(None, None, msg)  # what the kernel does on a front end's comm_close
+        assert all(r.closed for r in runners) and widget.comm is None
+    assert cnnlens_threads() == []
+
+
+def test_a_closed_view_ignores_its_controls_and_says_so_when_asked_to_compute(shapes):
+    model, data = shapes
+    index = W.IntSlider(value=0, min=0, max=len(data) - 1)  # a picker shared with someone else stays usable
+    view = AttributionView(model, data, index)
+    assert view.wait(60)
+    view.close()
+    view.close()  # twice is harmless
+    view.method.value = "saliency"
+    view.layer.value = "stage2"
+    index.value = 3
+    assert index.comm is not None and cnnlens_threads() == []
+    with pytest.raises(RuntimeError, match="closed"):
+        view.refresh()
+
+
+def test_replaced_method_controls_are_closed(shapes):
+    from ipywidgets.widgets.widget import _instances
+
+    model, data = shapes
+    view = AttributionView(model, data)
+    view.method.value = "lime"
+    before = len(_instances)
+    for name in ("occlusion", "smoothgrad", "lime") * 3:
+        view.method.value = name
+    assert len(_instances) == before
+    assert len(view._watching) == len({id(w) for w, _, _ in view._watching})
+    view.close()
+
+
+def test_a_progress_timer_firing_late_does_not_cover_the_final_state(monkeypatch):
+    timers = []
+
+    class LateTimer:
+        """A timer whose cancel() comes too late: it fires only when the test says so."""
+
+        def __init__(self, interval, function):
+            self.function = function
+            timers.append(self)
+
+        def start(self):
+            pass
+
+        def cancel(self):
+            pass
+
+        def join(self):
+            pass
+
+    monkeypatch.setattr(threading, "Timer", LateTimer)
+    panels = [Panel("heatmap"), Panel("image")]
+    runner = LiveRunner(panels)
+    runner.submit(lambda *a: 1, lambda r: panels[0].show(heat=torch.ones(2, 2)))
+    assert runner.wait(5)
+    runner.submit(lambda *a: 1 / 0, lambda r: None)
+    assert runner.wait(5)
+    for timer in timers:
+        timer.function()  # both fire after their job finished (done, then failed)
+    assert [p.status for p in panels] == ["error", "error"]
+    runner.submit(lambda *a: 2, lambda r: panels[0].show(heat=torch.ones(2, 2)))
+    assert runner.wait(5)
+    timers[-1].function()
+    assert [p.status for p in panels] == ["idle", "idle"]
+
+
+def test_the_progress_bar_still_shows_for_long_work_and_ends_idle(monkeypatch):
+    from cnnlens.widgets import live
+
+    monkeypatch.setattr(live, "SHOW_PROGRESS_AFTER", 0.0)
+    panel = Panel("heatmap")
+    runner = LiveRunner([panel])
+    seen = threading.Event()
+    statuses = []
+
+    def long(progress, cancel, partial):
+        while not seen.wait(0.01):  # until the timer has shown the progress bar
+            if panel.status == "running":
+                statuses.append(panel.status)
+                seen.set()
+        progress(1, 2)
+        return 1
+
+    runner.submit(long, lambda r: None)
+    assert runner.wait(10)
+    assert statuses == ["running"] and panel.status == "idle" and panel.progress == 1.0
+
+
+FORWARD_THREADS: list[threading.Thread] = []  # module-level: the shadow copies the module, not this list
+
+
+class ThreadRecorder(nn.Module):
+    """A small CNN that records which thread runs each forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        FORWARD_THREADS.append(threading.current_thread())
+        return self.fc(self.conv(x).relu().mean((2, 3)))
+
+
+@pytest.mark.parametrize("view_class", [AttributionView, OcclusionView, DeconvView, ActivationsView])
+def test_changing_the_image_runs_no_forward_on_the_callers_thread(view_class):
+    threads = FORWARD_THREADS
+    threads.clear()
+    images = torch.rand(4, 3, 32, 32)
+    view = view_class(ThreadRecorder(), images)
+    assert view.wait(60) and view.runner.last_error is None
+    construction = [t.name for t in threads if t is threading.current_thread()]
+    assert len(construction) <= 1  # at most the layer-table probe (cached per model and size)
+    threads.clear()
+    view.index.value = 2
+    assert view.wait(60) and view.runner.last_error is None
+    assert threads and all(t.name == "cnnlens-live" for t in threads), [t.name for t in threads]
+    if hasattr(view, "target"):  # the job filled the target dropdown for the new image: predicted class first
+        with torch.no_grad():
+            logits = view.model(images[2:3])[0]
+        assert view.target.value == int(logits.argmax()) == view.target.options[0][1]
+        assert len(view.target.options) == 3
+    view.close()
+
+
+def test_a_target_picked_by_the_user_is_kept_while_the_new_image_is_classified(shapes):
+    model, data = shapes
+    view = AttributionView(model, data)
+    assert view.wait(60)
+    predicted = int(model(data.images[5:6]).argmax())
+    chosen = next(c for c in range(8) if c not in (predicted, view.target.value))
+    view.index.value = 5
+    view.target.value = chosen  # before the job for image 5 has filled the dropdown
+    assert view.wait(60) and view.runner.last_error is None
+    assert view.target.value == chosen and view.panel.title.startswith(f"Grad-CAM · {data.classes[chosen]} (")
+    assert view.target.options[0][1] == predicted
+    view.close()
+
+
+def test_errors_keep_their_traceback_in_the_details():
+    panel = Panel("heatmap")
+    runner = LiveRunner([panel])
+
+    def deep_failure(*_):
+        raise ValueError("mask_size 99 is larger than the image")
+
+    runner.submit(deep_failure, lambda r: None)
+    assert runner.wait(5)
+    assert panel.error == "ValueError: mask_size 99 is larger than the image"
+    assert panel.details.startswith("Traceback (most recent call last)")
+    assert "in deep_failure" in panel.details and panel.details.rstrip().endswith(panel.error)
+    runner.submit(lambda *a: 1, lambda r: panel.show(heat=torch.ones(2, 2)))
+    assert runner.wait(5) and panel.error == "" and panel.details == ""
+    runner.close()
+
+
+def test_compare_mode_errors_keep_their_traceback(shapes):
+    model, data = shapes
+    view = AttributionView(model, data)
+    view.layer.value = "stage2"
+    view.compare.value = ("cam",)
+    assert view.wait(60)
+    panel = view.compare_panels[0]
+    assert "gradcam" in panel.error and "Traceback" in panel.details and "cam.py" in panel.details
+    view.close()
+
+
+def test_datasets_of_dicts_and_tuples_of_any_length(shapes):
+    from cnnlens.widgets.base import Images
+
+    model, data = shapes
+    img = data.images[0]
+    cases = [
+        ([{"image": img, "label": 3}], 3),
+        ([{"img": img, "target": torch.tensor(2)}], 2),
+        ([{"pixel_values": img[None], "labels": np.int64(5)}], 5),
+        ([{"image": img}], None),
+        ([(img,)], None),
+        ([(img, 4)], 4),
+        ([(img, 4, data.masks[0], "extra")], 4),
+        ([(img, data.masks[0])], None),  # the second element is not a label
+        ([[img, 1]], 1),
+        ([img], None),
+    ]
+    for source, label in cases:
+        image, found = Images(source, model)[0]
+        assert image.shape == (3, 64, 64) and torch.equal(image, img) and found == label, (source, label)
+    with pytest.raises(ValueError, match=r"keys 'photo', 'cls'.*'image'"):
+        Images([{"photo": img, "cls": 1}], model)[0]
+    view = ActivationsView(model, [{"image": data.images[i], "label": int(data.labels[i])} for i in range(3)])
+    view.index.value = 1
+    assert view.wait(60) and view.runner.last_error is None
+    view.close()
+
+
+def test_run_method_reads_everything_from_the_registry_entry():
+    import inspect
+
+    from cnnlens.explain.registry import METHODS, MethodInfo
+    from cnnlens.widgets.attribution import run_method
+
+    calls = []
+
+    def fake(model, x, target, **kwargs):
+        calls.append(kwargs)
+        if "partial" in kwargs:
+            kwargs["partial"]("intermediate")
+        return "final"
+
+    streamed = []
+    info = MethodInfo("fake", "Fake", fake, "", has_layer=True, long_running=True, streams=True, seeded=True)
+    assert run_method(info, None, None, 0, "l", {"a": 1}, "p", "c", streamed.append) == "final"
+    assert calls[-1] == {"a": 1, "layer": "l", "progress": "p", "cancel": "c", "seed": 0, "partial": streamed.append}
+    assert streamed == ["intermediate"]
+    run_method(MethodInfo("plain", "Plain", fake, ""), None, None, 0, "l", {}, "p", "c", streamed.append)
+    assert calls[-1] == {}
+    for method in METHODS.values():  # the registry's promises hold for the real functions
+        parameters = inspect.signature(method.function).parameters
+        assert not method.streams or "partial" in parameters, method.name
+        assert not method.seeded or "seed" in parameters, method.name
+        assert not method.long_running or {"progress", "cancel"} <= set(parameters), method.name
+    assert METHODS["lime"].streams and METHODS["lime"].seeded and METHODS["smoothgrad"].seeded

@@ -36,7 +36,14 @@ class Control:
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """A method as the widgets see it."""
+    """A method as the widgets see it: everything a view needs to call it, so views have no per-method cases.
+
+    ``function(model, x, target, **options)`` is called with the values of ``controls`` as options, plus
+    ``layer=`` when ``has_layer``, ``progress=`` and ``cancel=`` when ``long_running``, ``partial=callback``
+    when ``streams`` (the function calls it with intermediate Explanations: LIME's refits), and ``seed=0``
+    when ``seeded`` (its randomness is reproducible, so a view shows the same map for the same controls).
+    ``signed`` maps have a meaningful negative part (shown with a diverging colormap).
+    """
 
     name: str
     label: str
@@ -45,12 +52,15 @@ class MethodInfo:
     has_layer: bool = False
     signed: bool = False
     long_running: bool = False
+    streams: bool = False
+    seeded: bool = False
     controls: tuple[Control, ...] = field(default_factory=tuple)
 
 
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("saliency", "Gradient saliency", saliency, "max |∂score/∂pixel| over colour channels"),
     MethodInfo("smoothgrad", "SmoothGrad", smoothgrad, "saliency averaged over noisy copies", long_running=True,
+               seeded=True,
                controls=(Control("noise", "float", 0.15, 0.0, 0.5, 0.01), Control("samples", "int", 25, 1, 200, 1))),
     MethodInfo("integrated_gradients", "Integrated Gradients", integrated_gradients,
                "gradients integrated from a black baseline", signed=True, long_running=True,
@@ -61,9 +71,10 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("cam", "CAM", cam, "class activation map of a GAP + linear head", has_layer=True),
     MethodInfo("gradcam", "Grad-CAM", gradcam, "gradient-weighted activation map", has_layer=True),
     MethodInfo("occlusion", "Occlusion", occlusion, "target probability under a sliding gray square",
-               long_running=True,
+               long_running=True, streams=False,  # True once occlusion(..., partial=) streams coarse to fine
                controls=(Control("mask_size", "int", 16, 1, 64, 1), Control("stride", "int", 4, 1, 32, 1),
                          Control("mask_value", "choice", "gray", choices=MASK_VALUES))),
     MethodInfo("lime", "LIME", lime, "local linear surrogate on superpixels", signed=True, long_running=True,
+               streams=True, seeded=True,
                controls=(Control("samples", "int", 300, 10, 2000, 10), Control("features", "int", 5, 1, 40, 1))),
 )}

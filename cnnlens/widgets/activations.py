@@ -50,7 +50,7 @@ class ActivationsView(View):
         self.predictions = Panel("bars", "top-5 predictions")
         super().__init__(model, images, [self.input_panel, self.grid, self.filters, self.predictions],
                          [self.layer], index)
-        self.layer.observe(lambda _: self.refresh(), "value")
+        self.watch(self.layer, lambda _: self.refresh())
         filters = first_conv_filters(model)
         if filters is not None:
             self.filters.show_grid(filters, title=f"first-layer filters ({len(filters)})")
@@ -60,16 +60,16 @@ class ActivationsView(View):
 
     def refresh(self) -> None:
         image, _ = self.image
-        layer = self.layer.value
+        layer, model = self.layer.value, self.model
 
         def compute(progress, cancel, partial):
-            return layer_maps(self.model, image, layer)
+            return layer_maps(model, image, layer)
 
         def publish(result):
             acts, logits = result
             probs = torch.softmax(logits, 0)
             top = probs.topk(min(5, len(probs)))
-            names = class_names(self.model, len(probs))
+            names = class_names(model, len(probs))
             bars = [(names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
             self.input_panel.show(image, title="input")
             self.grid.show_grid(acts, title=f"{layer}: {acts.shape[0]} feature maps")

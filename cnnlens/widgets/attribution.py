@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import ipywidgets as W
 import torch
 
 from ..explain.registry import METHODS, MethodInfo
-from .base import Images, View, spatial_layers
+from .base import Images, View, close_widgets, spatial_layers
 from .controls import control_widget, display_controls, link_display
 from .panel import Panel
 
@@ -17,22 +18,18 @@ MAX_COMPARE = 4
 
 def run_method(info: MethodInfo, model: torch.nn.Module, image: torch.Tensor, target: int, layer: str | None,
                options: dict[str, Any], progress, cancel, partial=None):
-    """Call a registry method with the view's options, streaming partial results to ``partial``.
+    """Call a registry method with the view's options, as its registry entry says (no per-method cases).
 
-    Occlusion shows a coarse-stride map first; LIME shows its surrogate refitted after every batch of samples.
+    A method that ``streams`` hands its intermediate results to ``partial`` (e.g. LIME's refits).
     """
     kwargs = dict(options)
     if info.has_layer:
         kwargs["layer"] = layer
     if info.long_running:
         kwargs.update(progress=progress, cancel=cancel)
-    if info.name in ("lime", "smoothgrad"):
+    if info.seeded:
         kwargs.setdefault("seed", 0)
-    if partial is not None and info.name == "occlusion":
-        coarse = dict(kwargs, stride=max(kwargs.get("stride", 4) * 2, kwargs.get("mask_size", 16) // 2))
-        if coarse["stride"] > kwargs.get("stride", 4):
-            partial(info.function(model, image, target, **coarse))
-    if partial is not None and info.name == "lime":
+    if info.streams and partial is not None:
         kwargs["partial"] = partial
     return info.function(model, image, target, **kwargs)
 
@@ -53,91 +50,94 @@ class AttributionView(View):
                                         description="compare", rows=4)
         self.panel = Panel("heatmap", "attribution")
         self.compare_panels = [Panel("heatmap", "") for _ in range(MAX_COMPARE)]
-        for panel in [self.panel, *self.compare_panels]:
-            link_display(self.display, panel)
+        self._links = [link for panel in [self.panel, *self.compare_panels]
+                       for link in link_display(self.display, panel)]
         for panel in self.compare_panels:
             panel.layout.display = "none"
-        self._quiet = False
         self.method_controls: dict[str, W.Widget] = {}
         super().__init__(model, images, [self.panel, *self.compare_panels],
                          [self.method, self.target, self.layer, self.method_box, *self.display, self.compare], index)
-        self.method.observe(lambda _: self._method_changed(), "value")
+        self.watch(self.method, lambda _: self._method_changed())
         for widget in (self.target, self.layer, self.compare):
-            widget.observe(lambda _: self._changed(), "value")
+            self.watch(widget, self._changed)
         self._method_changed(refresh=False)
         self.image_changed()
 
     # --- control plumbing ---------------------------------------------------------------------
 
-    def _changed(self) -> None:
-        if not self._quiet:
-            self.refresh()
+    def _changed(self, change: dict) -> None:
+        if not self.quiet(change):
+            self.refresh(keep_target=change["new"] if change["owner"] is self.target else None)
 
     def _method_changed(self, refresh: bool = True) -> None:
         info = METHODS[self.method.value]
+        old = list(self.method_controls.values())
         self.method_controls = {c.name: control_widget(c) for c in info.controls}
         for widget in self.method_controls.values():
-            widget.observe(lambda _: self._changed(), "value")
+            self.watch(widget, self._changed)
         self.method_box.children = list(self.method_controls.values())
+        self._forget(old)
         self.layer.layout.display = None if info.has_layer else "none"
-        self._quiet = True
-        self.display[2].value = info.signed
+        self.display[2].value = info.signed  # display controls are linked in the browser: no recompute
         self.display[0].value = "RdBu_r" if info.signed else "magma"
-        self._quiet = False
         if refresh:
             self.refresh()
 
-    def image_changed(self) -> None:
-        self.retarget(self.target)
-        self.refresh()
+    def _forget(self, widgets: list[W.Widget]) -> None:
+        """Unobserve and close a method's controls that were replaced."""
+        self._watching = [w for w in self._watching if not any(w[0] is old for old in widgets)]
+        for widget in widgets:
+            widget.unobserve_all()
+            close_widgets(widget)
 
-    def refresh(self) -> None:
-        image, _ = self.image
-        target, layer = self.target.value, self.layer.value
+    def refresh(self, keep_target: int | None = None) -> None:
+        self._check_open()
+        layer = self.layer.value
         options = {name: w.value for name, w in self.method_controls.items()}
         chosen = METHODS[self.method.value]
         compared = [METHODS[n] for n in self.compare.value][:MAX_COMPARE]
         if compared:  # signed maps (IG, LIME, input×gradient) need the signed display to show their negative part
-            self._quiet = True
             self.display[2].value = any(info.signed for info in compared)
-            self._quiet = False
-        title = f"{chosen.label} · {self.target.label}"
+        model = self.model
 
-        def compute(progress, cancel, partial):
-            def publish_partial(result):
-                partial(("single", result))
+        def job(target, image, progress, cancel, partial):
             if not compared:
-                return "single", run_method(chosen, self.model, image, target, layer, options, progress, cancel,
-                                            publish_partial)
+                def stream(result):
+                    partial(("single", image, result, chosen))
+
+                result = run_method(chosen, model, image, target, layer, options, progress, cancel, stream)
+                return "single", image, result, chosen
             results = []
             for info in compared:
                 defaults = {c.name: c.default for c in info.controls}
                 try:
-                    outcome = run_method(info, self.model, image, target, layer, defaults, progress, cancel)
+                    outcome = run_method(info, model, image, target, layer, defaults, progress, cancel)
                 except (ValueError, TypeError) as error:  # one method that cannot run here must not blank the rest
-                    outcome = f"{type(error).__name__}: {error}"
+                    outcome = (f"{type(error).__name__}: {error}",
+                               "".join(traceback.format_exception(type(error), error, error.__traceback__)))
                 results.append((info, outcome))
-            return "compare", results
+            return "compare", image, results, chosen
 
-        def publish(outcome):
-            mode, value = outcome
-            if mode == "single":
-                self.panel.layout.display = None
-                self.panel.show(image, value.map, title=title, vmax=0.0)
-                for panel in self.compare_panels:
-                    panel.layout.display = "none"
-                return
-            self.panel.layout.display = "none"  # the compared methods replace the single result
-            # methods have different units: each map is divided by its largest |value|, then all share one scale
-            for panel, (info, result) in zip(self.compare_panels, value):
-                panel.layout.display = None
-                if isinstance(result, str):
-                    panel.title = info.label
-                    panel.fail(result)
-                    continue
-                peak = float(result.map.abs().max()) or 1.0
-                panel.show(image, result.map / peak, title=f"{info.label} (÷ {peak:.3g})", vmax=1.0)
-            for panel in self.compare_panels[len(value):]:
+        self.submit_targeted(self.target, job, self._draw, keep_target)
+
+    def _draw(self, target: int, outcome) -> None:
+        mode, image, value, chosen = outcome
+        if mode == "single":
+            label = next((text for text, v in self.target.options if v == target), str(target))
+            self.panel.layout.display = None
+            self.panel.show(image, value.map, title=f"{chosen.label} · {label}", vmax=0.0)
+            for panel in self.compare_panels:
                 panel.layout.display = "none"
-
-        self.runner.submit(compute, publish)
+            return
+        self.panel.layout.display = "none"  # the compared methods replace the single result
+        # methods have different units: each map is divided by its largest |value|, then all share one scale
+        for panel, (info, result) in zip(self.compare_panels, value):
+            panel.layout.display = None
+            if isinstance(result, tuple):
+                panel.title = info.label
+                panel.fail(*result)
+                continue
+            peak = float(result.map.abs().max()) or 1.0
+            panel.show(image, result.map / peak, title=f"{info.label} (÷ {peak:.3g})", vmax=1.0)
+        for panel in self.compare_panels[len(value):]:
+            panel.layout.display = "none"

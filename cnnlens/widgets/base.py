@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,18 @@ from .controls import target_options
 from .live import LiveRunner
 from .panel import Panel
 
+IMAGE_KEYS = ("image", "img", "pixel_values", "input", "x")  # a dict item's image: the first of these present
+LABEL_KEYS = ("label", "labels", "target", "y")  # and its label: the first of these present (if int-like)
+
 
 class Images:
-    """Images to look at: a dataset of ``(image, label, ...)``, a B×C×H×W tensor, or a list of any images."""
+    """Images to look at: a dataset, a B×C×H×W tensor, a list of any images, or one image.
+
+    A dataset's items may be images, tuples/lists (image first; the second element is the label when it is
+    int-like, e.g. torchvision's ``(image, label)`` or the shapes data's ``(image, label, mask)``), or dicts
+    (Hugging Face style): the image is under the first of ``IMAGE_KEYS`` present, the label under the first
+    of ``LABEL_KEYS``.
+    """
 
     def __init__(self, source: Any, model: torch.nn.Module):
         self.source = [source] if _one_image(source) else source
@@ -29,12 +40,39 @@ class Images:
         return len(self.source)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int | None]:
-        item = self.source[i]
-        label = None
-        if isinstance(item, tuple):
-            item, label = item[0], (int(item[1]) if len(item) > 1 else None)
+        item, label = split_item(self.source[i])
         with look(self.model) as session:
             return session.prepare(item).x[0].detach(), label
+
+
+def split_item(item: Any) -> tuple[Any, int | None]:
+    """(image, label or None) of one dataset item: an image, a tuple/list or a dict (see :class:`Images`)."""
+    if isinstance(item, Mapping):
+        key = next((k for k in IMAGE_KEYS if k in item), None)
+        if key is None:
+            found = ", ".join(repr(k) for k in item) or "none"
+            raise ValueError(f"A dataset item is a dict with keys {found}; cnnlens looks for the image under "
+                             f"one of {', '.join(map(repr, IMAGE_KEYS))}. Wrap the dataset so its items are "
+                             "(image, label) tuples or use one of those keys.")
+        label_key = next((k for k in LABEL_KEYS if k in item), None)
+        return item[key], (_int_like(item[label_key]) if label_key is not None else None)
+    if isinstance(item, (tuple, list)) and item:
+        return item[0], (_int_like(item[1]) if len(item) > 1 else None)
+    return item, None
+
+
+def _int_like(value: Any) -> int | None:
+    """``value`` as an int if it is one (Python/numpy integer, 0-d or one-element integer tensor/array)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
+            and not value.is_complex() and value.dtype != torch.bool:
+        return int(value.item())
+    if isinstance(value, np.ndarray) and value.size == 1 and np.issubdtype(value.dtype, np.integer):
+        return int(value.item())
+    return None
 
 
 def _one_image(source: Any) -> bool:
@@ -48,23 +86,106 @@ def _one_image(source: Any) -> bool:
     return False
 
 
+def close_widgets(widget: W.Widget, keep: Sequence[W.Widget] = ()) -> None:
+    """Close ``widget``, its children (recursively), layouts and styles, except the widgets in ``keep``."""
+    if any(widget is k for k in keep) or widget is None:
+        return
+    for child in getattr(widget, "children", ()):
+        close_widgets(child, keep)
+    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+        if isinstance(part, W.Widget):
+            part.close()
+    widget.close()
+
+
+def close_with_front_end(widget: W.Widget) -> None:
+    """Call ``widget.close()`` when the front end closes the widget's comm.
+
+    ipywidgets 8 registers no close callback on its comm: a ``comm_close`` from the front end reaches
+    ``comm.handle_close`` (through the kernel's CommManager) and stops there. This sets one.
+    """
+    ref = weakref.ref(widget)
+
+    def closed(_msg: Any) -> None:
+        target = ref()
+        if target is not None:
+            target.close()
+
+    if widget.comm is not None and hasattr(widget.comm, "on_close"):
+        widget.comm.on_close(closed)
+
+
 class View(W.VBox):
-    """A view: controls on top, panels below, recomputed live when a control changes."""
+    """A view: controls on top, panels below, recomputed live when a control changes.
+
+    ``close()`` (or the front end closing the view) stops the worker thread, cancels the running job,
+    closes the view's widgets and drops the model and images.
+    """
 
     def __init__(self, model: torch.nn.Module, images: Any, panels: Sequence[Panel], controls: Sequence[W.Widget],
                  index: W.IntSlider | None = None):
+        self._closed = False
+        self._watching: list[tuple[W.Widget, Any, str]] = []
+        self._links: list[W.Widget] = getattr(self, "_links", [])
+        self._hush: set[int] = set()  # ids of widgets being set by the view itself: their observers stay quiet
+        self._targets_for: int | None = None  # the image the target dropdown's options were computed for
         self.model = model
         self.images = images if isinstance(images, Images) else Images(images, model)
+        self._own_index = index is None
         self.index = index or W.IntSlider(value=0, min=0, max=len(self.images) - 1, description="image")
         self.panels = list(panels)
         self.runner = LiveRunner(self.panels)
         self.controls = W.HBox(list(controls), layout=W.Layout(flex_flow="row wrap"))
-        self.index.observe(lambda _: self.image_changed(), "value")
-        own = [] if index is not None else [self.index]
+        self.watch(self.index, lambda _: self.image_changed())
+        own = [self.index] if self._own_index else []
         super().__init__(own + [self.controls, W.HBox(self.panels, layout=W.Layout(flex_flow="row wrap"))])
+        close_with_front_end(self)
+
+    # --- lifetime -----------------------------------------------------------------------------
+
+    def watch(self, widget: W.Widget, handler: Any, names: str = "value") -> None:
+        """``widget.observe(handler, names)``, undone by :meth:`close`."""
+        widget.observe(handler, names)
+        self._watching.append((widget, handler, names))
+
+    @property
+    def closed(self) -> bool:
+        return self.__dict__.get("_closed", True)
+
+    def close(self) -> None:
+        """Stop the worker and its timers, cancel the running job, close every widget of the view, drop the model.
+
+        A shared image picker (the Lens's) stays open. Closing twice is harmless.
+        """
+        if not self.__dict__.get("_closed", True):
+            self._closed = True
+            self.runner.close()
+            for widget, handler, names in self._watching:
+                widget.unobserve(handler, names)
+            self._watching.clear()
+            for link in self._links:
+                link.close()
+            self._links = []
+            keep = [] if self._own_index else [self.index]
+            for child in list(self.children):
+                close_widgets(child, keep)
+            for panel in self.panels:
+                close_widgets(panel)
+            self.model = self.images = None
+            self.panels = []
+            if isinstance(self.layout, W.Widget):
+                self.layout.close()
+        super().close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError(f"This {type(self).__name__} is closed: it computes nothing more. Make a new view.")
+
+    # --- images and targets -------------------------------------------------------------------
 
     @property
     def image(self) -> tuple[torch.Tensor, int | None]:
+        self._check_open()
         return self.images[self.index.value]
 
     def refresh(self) -> None:
@@ -72,25 +193,64 @@ class View(W.VBox):
         raise NotImplementedError
 
     def image_changed(self) -> None:
-        """The image picker moved: recompute (views with a target dropdown refill it first)."""
+        """The image picker moved: recompute (views with a target dropdown refill it in the same job)."""
         self.refresh()
 
-    def retarget(self, target: W.Dropdown) -> list[str]:
-        """Fill ``target`` with the classes for the current image, predicted first, without a recompute.
+    def quiet(self, change: dict) -> bool:
+        """Whether an observed ``change`` was made by the view itself (filling a dropdown), not by the user."""
+        return id(change["owner"]) in self._hush
 
-        Returns the class names. The caller's observers see ``self._quiet`` set while the options change.
+    @contextmanager
+    def hushed(self, *widgets: W.Widget) -> Iterator[None]:
+        """Changes made to ``widgets`` inside this block are the view's own: :meth:`quiet` is True for them."""
+        ids = {id(w) for w in widgets} - self._hush
+        self._hush |= ids
+        try:
+            yield
+        finally:
+            self._hush -= ids
+
+    def submit_targeted(self, target: W.Dropdown, job: Any, draw: Any, keep_target: Any = None) -> None:
+        """Submit ``job(target, image, progress, cancel, partial)``; publish with ``draw(target, result)``.
+
+        When the dropdown was not yet filled for this image, the job first runs one forward in the worker
+        for the image's class probabilities; publishing then fills ``target`` (predicted class first)
+        without a recompute. The target is the predicted class, or ``keep_target`` when the user chose one.
         """
+        self._check_open()
+        index = self.index.value
         image, _ = self.image
+        stale = self._targets_for != index
+        chosen = keep_target if keep_target is not None else (None if stale else target.value)
+
+        def compute(progress, cancel, partial):
+            options = predicted = None
+            if stale:
+                options, predicted = self._target_options(image)
+            value = chosen if chosen is not None else predicted
+
+            def stream(result):
+                partial((options, value, result))
+
+            return options, value, job(value, image, progress, cancel, stream)
+
+        def publish(outcome):
+            options, value, result = outcome
+            with self.hushed(target):
+                if options is not None:
+                    target.options = options
+                    self._targets_for = index
+                if target.value != value:  # the dropdown shows what was computed
+                    target.value = value
+            draw(value, result)
+
+        self.runner.submit(compute, publish)
+
+    def _target_options(self, image: torch.Tensor) -> tuple[list[tuple[str, int]], int]:
+        """(target dropdown options, predicted class) for ``image``: one forward (run in the worker)."""
         with look(self.model) as session, torch.no_grad():
             logits = session.logits(image[None])[0]
-        names = class_names(self.model, len(logits))
-        self._quiet = True
-        try:
-            target.options = target_options(logits, names)
-            target.value = int(logits.argmax())
-        finally:
-            self._quiet = False
-        return names
+        return target_options(logits, class_names(self.model, len(logits))), int(logits.argmax())
 
     def wait(self, timeout: float = 60.0) -> bool:
         """Block until the view's computation has finished (scripts, notebooks, tests)."""

@@ -38,8 +38,9 @@ def display_controls() -> tuple[W.Dropdown, W.FloatSlider, W.Checkbox]:
             W.Checkbox(value=False, description="signed"))
 
 
-def link_display(controls: tuple[W.Dropdown, W.FloatSlider, W.Checkbox], panel) -> None:
+def link_display(controls: tuple[W.Dropdown, W.FloatSlider, W.Checkbox], panel) -> list[W.Widget]:
+    """Link the display controls to ``panel`` in the browser; returns the link widgets (close them with the view)."""
     cmap, opacity, signed = controls
-    W.jslink((cmap, "index"), (panel, "cmap_index"))  # Dropdown syncs its index, not its value
-    W.jslink((opacity, "value"), (panel, "opacity"))
-    W.jslink((signed, "value"), (panel, "signed"))
+    return [W.jslink((cmap, "index"), (panel, "cmap_index")),  # Dropdown syncs its index, not its value
+            W.jslink((opacity, "value"), (panel, "opacity")),
+            W.jslink((signed, "value"), (panel, "signed"))]

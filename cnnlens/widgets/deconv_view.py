@@ -33,27 +33,26 @@ class DeconvView(View):
         self.input_panel = Panel("image", "input and receptive field")
         self.projection = Panel("image", "DeconvNet projection")
         self.patch = Panel("image", "patch in the receptive field", size=160)
-        self._quiet = False
         super().__init__(model, images, [self.input_panel, self.projection, self.patch],
                          [self.layer, self.unit, self.mode], index)
-        self.layer.observe(lambda _: self._layer_changed(), "value")
+        self.watch(self.layer, lambda _: self._layer_changed())
         for widget in (self.unit, self.mode):
-            widget.observe(lambda _: None if self._quiet else self.refresh(), "value")
+            self.watch(widget, lambda change: None if self.quiet(change) else self.refresh())
         self.refresh()
 
     def _layer_changed(self) -> None:
-        self._quiet = True
-        self.unit.max = self.table[self.layer.value].channels - 1
-        self._quiet = False
+        with self.hushed(self.unit):
+            self.unit.max = self.table[self.layer.value].channels - 1
         self.refresh()
 
     def refresh(self) -> None:
         image, _ = self.image
+        model = self.model
         target = f"{self.layer.value}:{self.unit.value}"
         mode = self.mode.value
 
         def compute(progress, cancel, partial):
-            return deconvnet(self.model, image, target, mode=mode)
+            return deconvnet(model, image, target, mode=mode)
 
         def publish(result):
             rect = result.patch.tolist() if "patch" in result.extras else None

@@ -9,7 +9,7 @@ import torch
 
 from .activations import ActivationsView
 from .attribution import AttributionView
-from .base import Images
+from .base import Images, close_widgets, close_with_front_end
 from .deconv_view import DeconvView
 from .occlusion_view import OcclusionView
 
@@ -32,6 +32,20 @@ class Lens(W.VBox):
         for i, title in enumerate(self.views):
             self.tabs.set_title(i, title)
         super().__init__([self.index, self.tabs])
+        close_with_front_end(self)
+
+    def close(self) -> None:
+        """Close every view (their worker threads, jobs and widgets), the image picker and the tabs; drop the model."""
+        for view in self.__dict__.get("views", {}).values():
+            view.close()
+        if "tabs" in self.__dict__:
+            close_widgets(self.tabs)
+            close_widgets(self.index)
+            if isinstance(self.layout, W.Widget):
+                self.layout.close()
+            self.views = {}
+            self.model = self.images = None
+        super().close()
 
     def wait(self, timeout: float = 120.0) -> bool:
         """Block until every view has finished computing."""

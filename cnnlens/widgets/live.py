@@ -3,8 +3,13 @@
 A control change submits a job. If a job is running it is cancelled through
 its token (long methods stop at their next step) and its result, if any, is
 dropped: only the newest job publishes. Progress goes to the view's panels,
-errors show inside them (the last good image stays) and never reach the
-kernel, which stays usable.
+errors show inside them (message, and the full traceback behind "details";
+the last good image stays) and never reach the kernel, which stays usable.
+
+The worker thread ("cnnlens-live") exists only while there is work: it ends
+as soon as no job is pending, so an idle view holds no thread and no job (nor
+the model a job's closure refers to). ``close()`` cancels the running job,
+waits for the thread and refuses new work.
 """
 
 from __future__ import annotations
@@ -20,8 +25,19 @@ from .panel import Panel
 
 SHOW_PROGRESS_AFTER = 0.15  # seconds before a job shows its progress bar and Stop button
 PARTIAL_EVERY = 0.1  # seconds between two partial results of one job (fewer messages, the page keeps up)
+THREAD_NAME = "cnnlens-live"  # the worker; its progress timers are named "cnnlens-progress"
+CLOSE_TIMEOUT = 10.0  # seconds close() waits for a running job to notice its cancellation
 
 Compute = Callable[[Callable[[int, int], None], CancelToken, Callable[[Any], None]], Any]
+
+
+class _Job:
+    """One job's display state: its progress timer and the job's own end race for the panels under ``lock``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.shown = False  # the progress bar went up
+        self.finished = False  # the final state (idle or error) is set: nothing may show "running" after it
 
 
 class LiveRunner:
@@ -34,20 +50,25 @@ class LiveRunner:
         self._generation = 0
         self._token: CancelToken | None = None
         self._busy = False
+        self._thread: threading.Thread | None = None
+        self.closed = False
         self.completed = 0
         self.last_error: str | None = None
-        self._thread = threading.Thread(target=self._loop, name="cnnlens-live", daemon=True)
-        self._thread.start()
         for panel in self.panels:
             panel.on_stop(self.stop)
 
     def submit(self, compute: Compute, publish: Callable[[Any], None]) -> None:
         """Run ``compute`` and hand its result to ``publish`` unless a newer job arrives first."""
         with self._lock:
+            if self.closed:
+                raise RuntimeError("This view is closed and computes nothing more; make a new view.")
             self._generation += 1
             self._pending = (self._generation, compute, publish)
             if self._token is not None:
                 self._token.cancel()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)
+                self._thread.start()
             self._lock.notify_all()
 
     def stop(self) -> None:
@@ -57,11 +78,27 @@ class LiveRunner:
             if self._token is not None:
                 self._token.cancel()
 
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Cancel the running job, drop the pending one, wait for the worker to end; no more jobs after this."""
+        with self._lock:
+            self.closed = True
+            self._pending = None
+            self._generation += 1  # whatever still runs publishes nothing
+            if self._token is not None:
+                self._token.cancel()
+            thread = self._thread
+            self._lock.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        for panel in self.panels:
+            panel.remove_stop(self.stop)
+        self.panels = []
+
     def wait(self, timeout: float = 60.0) -> bool:
         """Block until no job is pending or running (for scripts, notebooks and tests)."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._pending is not None or self._busy:
+            while self._pending is not None or self._busy or self._thread is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -75,30 +112,38 @@ class LiveRunner:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while self._pending is None:
-                    self._lock.wait()
+                if self._pending is None:  # idle: the thread ends (the next submit starts another)
+                    self._thread = None
+                    self._lock.notify_all()
+                    return
                 generation, compute, publish = self._pending
                 self._pending = None
                 self._token = token = CancelToken()
                 self._busy = True
-            self._run(generation, compute, publish, token)
-            with self._lock:
-                self._busy = False
-                self._token = None
-                self._lock.notify_all()
+            try:
+                self._run(generation, compute, publish, token)
+            finally:
+                del compute, publish  # the job's closures (and the model they hold) go with the job
+                with self._lock:
+                    self._busy = False
+                    self._token = None
+                    self._lock.notify_all()
 
     def _run(self, generation: int, compute: Compute, publish: Callable[[Any], None], token: CancelToken) -> None:
+        job = _Job()
         last = [0.0]
-        shown = threading.Event()  # progress is only shown for work that takes a while: fewer messages
 
         def show_running(fraction: float = 0.0) -> None:
-            shown.set()
-            for panel in self.panels:
-                panel.running(fraction)
+            with job.lock:  # a timer firing late must not cover the final state
+                if job.finished or not self._current(generation):
+                    return
+                job.shown = True
+                for panel in self.panels:
+                    panel.running(fraction)
 
         def progress(done: int, total: int) -> None:
             now = time.monotonic()
-            if shown.is_set() and (now - last[0] > 0.05 or done == total):  # at most 20 updates a second
+            if job.shown and (now - last[0] > 0.05 or done == total):  # at most 20 updates a second
                 last[0] = now
                 show_running(done / max(total, 1))
 
@@ -106,44 +151,69 @@ class LiveRunner:
 
         def partial(result: Any) -> None:
             now = time.monotonic()
-            if self._current(generation) and now - last_partial[0] >= PARTIAL_EVERY:
+            if now - last_partial[0] >= PARTIAL_EVERY and self._publish(generation, publish, result):
                 last_partial[0] = now
-                publish(result)
 
+        # progress is only shown for work that takes a while: fewer messages
         timer = threading.Timer(SHOW_PROGRESS_AFTER, show_running)
+        timer.name = "cnnlens-progress"
         timer.daemon = True
         timer.start()
         start = time.perf_counter()
         try:
-            result = compute(progress, token, partial)
-        except Cancelled:
-            self._finish(timer, shown)
-            return
-        except Exception as error:  # shown in the widget; the kernel stays usable
+            try:
+                result = compute(progress, token, partial)
+            except Cancelled:
+                self._end(job)
+                return
+            except Exception as error:  # shown in the widget; the kernel stays usable
+                self._fail(job, generation, error)
+                return
+            elapsed = (time.perf_counter() - start) * 1000
+            try:
+                if self._publish(generation, publish, result, elapsed):
+                    self.completed += 1
+                    self.last_error = None
+            except Exception as error:
+                self._fail(job, generation, error)
+                return
+            self._end(job)
+        finally:
             timer.cancel()
-            self.last_error = "".join(traceback.format_exception_only(type(error), error)).strip()
+            if timer is not threading.current_thread() and hasattr(timer, "join"):
+                timer.join()
+
+    def _publish(self, generation: int, publish: Callable[[Any], None], result: Any,
+                 compute_ms: float | None = None) -> bool:
+        """Publish ``result`` if its job is still the newest; no newer job can be submitted meanwhile.
+
+        (A control change submits through the same lock, so a result is never drawn over the user's newer choice.)
+        """
+        with self._lock:
+            if generation != self._generation:
+                return False
+            if compute_ms is not None:
+                for panel in self.panels:
+                    panel.next_compute_ms = compute_ms
+            publish(result)
+            return True
+
+    def _end(self, job: _Job) -> None:
+        """The final state: idle, progress hidden (a progress timer that fires later changes nothing)."""
+        with job.lock:
+            job.finished = True
+            for panel in self.panels:
+                if job.shown or panel.status != "idle":
+                    panel.done()
+
+    def _fail(self, job: _Job, generation: int, error: BaseException) -> None:
+        self.last_error = "".join(traceback.format_exception_only(type(error), error)).strip()
+        details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        with job.lock:
+            job.finished = True
             if self._current(generation):
                 for panel in self.panels:
-                    panel.fail(self.last_error)
-            return
-        if self._current(generation):
-            elapsed = (time.perf_counter() - start) * 1000
-            for panel in self.panels:
-                panel.next_compute_ms = elapsed
-            try:
-                publish(result)
-            except Exception as error:
-                timer.cancel()
-                self.last_error = f"{type(error).__name__}: {error}"
+                    panel.fail(self.last_error, details)
+            elif job.shown:
                 for panel in self.panels:
-                    panel.fail(self.last_error)
-                return
-            self.completed += 1
-            self.last_error = None
-        self._finish(timer, shown)
-
-    def _finish(self, timer: threading.Timer, shown: threading.Event) -> None:
-        timer.cancel()
-        for panel in self.panels:
-            if shown.is_set() or panel.status != "idle":
-                panel.done()
+                    panel.done()

@@ -8,7 +8,8 @@ import ipywidgets as W
 import torch
 
 from ..explain.occlusion import MASK_VALUES, occlusion
-from .base import Images, View, spatial_layers
+from ..explain.registry import METHODS
+from .base import Images, View, class_names, spatial_layers
 from .panel import Panel
 
 
@@ -37,43 +38,46 @@ class OcclusionView(View):
         self.prob_panel = Panel("heatmap", "target probability", cmap="magma")
         self.unit_panel = Panel("heatmap", "feature-map activation", cmap="viridis", opacity=0.85)
         self.label_panel = Panel("labels", "most probable label")
-        self._quiet = False
         super().__init__(model, images, [self.prob_panel, self.unit_panel, self.label_panel],
                          [self.mask_size, self.stride, self.mask_value, self.target, self.layer, self.unit], index)
         for widget in (self.mask_size, self.stride, self.mask_value, self.target, self.unit):
-            widget.observe(lambda _: None if self._quiet else self.refresh(), "value")
-        self.layer.observe(lambda _: self._layer_changed(), "value")
+            self.watch(widget, self._changed)
+        self.watch(self.layer, lambda _: self._layer_changed())
         self.image_changed()
 
+    def _changed(self, change: dict) -> None:
+        if not self.quiet(change):
+            self.refresh(keep_target=change["new"] if change["owner"] is self.target else None)
+
     def _layer_changed(self) -> None:
-        self._quiet = True
-        self.unit.value = -1  # the strongest feature map of the new layer
-        self.unit.max = self.table[self.layer.value].channels - 1
-        self._quiet = False
+        with self.hushed(self.unit):
+            self.unit.value = -1  # the strongest feature map of the new layer
+            self.unit.max = self.table[self.layer.value].channels - 1
         self.refresh()
 
-    def image_changed(self) -> None:
-        self.names = self.retarget(self.target)
-        self.refresh()
-
-    def refresh(self) -> None:
-        image, _ = self.image
+    def refresh(self, keep_target: int | None = None) -> None:
+        self._check_open()
         params = {"mask_size": self.mask_size.value, "stride": self.stride.value, "mask_value": self.mask_value.value,
                   "layer": self.layer.value, "unit": None if self.unit.value < 0 else self.unit.value}
-        target, names = self.target.value, self.names
+        model = self.model
 
-        def compute(progress, cancel, partial):
-            coarse = max(params["stride"] * 2, params["mask_size"] // 2)
+        def job(target, image, progress, cancel, partial):
+            if METHODS["occlusion"].streams:  # occlusion itself streams coarse to fine
+                return image, occlusion(model, image, target, **params, progress=progress, cancel=cancel,
+                                        partial=lambda result: partial((image, result)))
+            coarse = max(params["stride"] * 2, params["mask_size"] // 2)  # until then: a coarse pass here
             if coarse > params["stride"]:
-                partial(occlusion(self.model, image, target, **dict(params, stride=coarse), progress=progress,
-                                  cancel=cancel))
-            return occlusion(self.model, image, target, **params, progress=progress, cancel=cancel)
+                partial((image, occlusion(model, image, target, **dict(params, stride=coarse), progress=progress,
+                                          cancel=cancel)))
+            return image, occlusion(model, image, target, **params, progress=progress, cancel=cancel)
 
-        def publish(result):
+        def draw(target, outcome):
+            image, result = outcome
+            names = class_names(model, len(self.target.options))
             self.prob_panel.show(image, result.map, title=f"P({names[target]}) with the mask here")
             which = "strongest map" if params["unit"] is None else "map"
             self.unit_panel.show(image, result.unit_map,
                                  title=f"activation of {which} {result.params['unit_layer']}:{int(result.unit)}")
             self.label_panel.show_labels(result.label_map, names, title="most probable label")
 
-        self.runner.submit(compute, publish)
+        self.submit_targeted(self.target, job, draw, keep_target)

@@ -67,6 +67,7 @@ class Panel(anywidget.AnyWidget):
     status = traitlets.Unicode("idle").tag(sync=True)
     progress = traitlets.Float(0.0).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
+    details = traitlets.Unicode("").tag(sync=True)  # the error's full traceback, behind a "details" toggle
     compute_ms = traitlets.Float(0.0).tag(sync=True)  # how long the kernel computed the shown result
     results = traitlets.Int(0).tag(sync=True)  # how many results the kernel has published (a marker for tests)
 
@@ -81,12 +82,21 @@ class Panel(anywidget.AnyWidget):
 
     def _message(self, _widget, content, _buffers) -> None:
         if isinstance(content, dict) and content.get("type") == "stop":
-            for handler in self._stop_handlers:
+            for handler in list(self._stop_handlers):
                 handler()
 
     def on_stop(self, handler) -> None:
         """Call ``handler()`` when the user presses this panel's Stop button."""
         self._stop_handlers.append(handler)
+
+    def remove_stop(self, handler) -> None:
+        """Forget a handler given to :meth:`on_stop`."""
+        if handler in self._stop_handlers:
+            self._stop_handlers.remove(handler)
+
+    def close(self) -> None:
+        self._stop_handlers = []
+        super().close()
 
     # --- data ---------------------------------------------------------------------------------
 
@@ -150,6 +160,8 @@ class Panel(anywidget.AnyWidget):
             self.results += 1
             if self.error:
                 self.error = ""
+            if self.details:
+                self.details = ""
             if self.status == "error":
                 self.status = "idle"
 
@@ -165,8 +177,9 @@ class Panel(anywidget.AnyWidget):
             self.status = "idle"
             self.progress = 1.0
 
-    def fail(self, message: str) -> None:
-        """Show an error inside the panel; the last good image stays."""
+    def fail(self, message: str, details: str = "") -> None:
+        """Show an error inside the panel (``details``: its traceback, folded); the last good image stays."""
         with self.hold_sync():
             self.status = "error"
             self.error = message
+            self.details = details

@@ -228,9 +228,20 @@ def test_errors_show_inside_the_widget(demo: Notebook):
     assert "gradcam" in panel.locator(".cl-error").text_content()
     assert panel.evaluate(CANVAS) != ""  # the last good image stays
     assert good
+    # the full traceback is folded behind "details"
+    details = panel.locator(".cl-details")
+    assert details.is_visible() and not panel.locator(".cl-traceback").is_visible()
+    details.locator("summary").click()
+    page.wait_for_function("el => el.querySelector('.cl-details').open", arg=panel.element_handle())
+    traceback = panel.locator(".cl-traceback").text_content()
+    assert traceback.startswith("Traceback (most recent call last)") and "cam.py" in traceback
+    assert traceback.rstrip().endswith(panel.locator(".cl-error").text_content())
+    assert panel.locator(".cl-traceback *").count() == 0  # text, never HTML
+    demo.screenshot("error_details", panel)
     choose(page, "layer", "stage4")
     page.wait_for_function("el => el.dataset.status === 'idle' && !el.querySelector('.cl-error').textContent",
                            arg=panel.element_handle(), timeout=30_000)
+    assert not details.is_visible()
 
 
 def test_target_class_and_compare_mode(demo: Notebook):
