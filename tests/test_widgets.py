@@ -529,3 +529,25 @@ def test_run_method_reads_everything_from_the_registry_entry():
         assert not method.seeded or "seed" in parameters, method.name
         assert not method.long_running or {"progress", "cancel"} <= set(parameters), method.name
     assert METHODS["lime"].streams and METHODS["lime"].seeded and METHODS["smoothgrad"].seeded
+
+
+def test_occlusion_streams_from_the_engine_not_from_a_coarse_pass_in_the_view(shapes, monkeypatch):
+    from cnnlens.widgets import occlusion_view
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return cl.occlusion(*args, **kwargs)
+
+    monkeypatch.setattr(occlusion_view, "occlusion", counted)
+    model, data = shapes
+    view = OcclusionView(model, data)
+    assert view.wait(60)
+    calls.clear()
+    before = view.prob_panel.results
+    view.mask_size.value = 8
+    assert view.wait(60) and view.runner.last_error is None
+    assert len(calls) == 1 and callable(calls[0]["partial"]) and calls[0]["stride"] == view.stride.value
+    assert view.prob_panel.results - before == 2  # the engine's coarse map, then the final one
+    view.close()

@@ -40,7 +40,8 @@ class MethodInfo:
 
     ``function(model, x, target, **options)`` is called with the values of ``controls`` as options, plus
     ``layer=`` when ``has_layer``, ``progress=`` and ``cancel=`` when ``long_running``, ``partial=callback``
-    when ``streams`` (the function calls it with intermediate Explanations: LIME's refits), and ``seed=0``
+    when ``streams`` (the function calls it with intermediate Explanations: occlusion's coarse pass, LIME's
+    refits), and ``seed=0``
     when ``seeded`` (its randomness is reproducible, so a view shows the same map for the same controls).
     ``signed`` maps have a meaningful negative part (shown with a diverging colormap).
     """
@@ -71,7 +72,7 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("cam", "CAM", cam, "class activation map of a GAP + linear head", has_layer=True),
     MethodInfo("gradcam", "Grad-CAM", gradcam, "gradient-weighted activation map", has_layer=True),
     MethodInfo("occlusion", "Occlusion", occlusion, "target probability under a sliding gray square",
-               long_running=True, streams=False,  # True once occlusion(..., partial=) streams coarse to fine
+               long_running=True, streams=True,  # a coarse map (stride = mask size) first, then the final one
                controls=(Control("mask_size", "int", 16, 1, 64, 1), Control("stride", "int", 4, 1, 32, 1),
                          Control("mask_value", "choice", "gray", choices=MASK_VALUES))),
     MethodInfo("lime", "LIME", lime, "local linear surrogate on superpixels", signed=True, long_running=True,

@@ -8,7 +8,6 @@ import ipywidgets as W
 import torch
 
 from ..explain.occlusion import MASK_VALUES, occlusion
-from ..explain.registry import METHODS
 from .base import Images, View, class_names, spatial_layers
 from .panel import Panel
 
@@ -61,15 +60,9 @@ class OcclusionView(View):
                   "layer": self.layer.value, "unit": None if self.unit.value < 0 else self.unit.value}
         model = self.model
 
-        def job(target, image, progress, cancel, partial):
-            if METHODS["occlusion"].streams:  # occlusion itself streams coarse to fine
-                return image, occlusion(model, image, target, **params, progress=progress, cancel=cancel,
-                                        partial=lambda result: partial((image, result)))
-            coarse = max(params["stride"] * 2, params["mask_size"] // 2)  # until then: a coarse pass here
-            if coarse > params["stride"]:
-                partial((image, occlusion(model, image, target, **dict(params, stride=coarse), progress=progress,
-                                          cancel=cancel)))
-            return image, occlusion(model, image, target, **params, progress=progress, cancel=cancel)
+        def job(target, image, progress, cancel, partial):  # occlusion itself streams: coarse map, then final
+            return image, occlusion(model, image, target, **params, progress=progress, cancel=cancel,
+                                    partial=lambda result: partial((image, result)))
 
         def draw(target, outcome):
             image, result = outcome
