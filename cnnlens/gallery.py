@@ -44,8 +44,8 @@ def render_gallery(out: Path, images: int = 4, log: Callable[[str], None] = prin
             options = {"seed": 0} if name in ("lime", "smoothgrad") else {}
             target = _strongest_unit(model, image) if name == "deconvnet" else None
             result = info.function(model, image, target, **options)
-            top = result.predictions[0]
-            caption = f"{info.label} · {result.target} · top: {top.name} {top.prob:.0%}"
+            top = result.predictions[0] if result.predictions else None  # a feature-map target stops early
+            caption = f"{info.label} · {result.target}" + (f" · top: {top.name} {top.prob:.0%}" if top else "")
             heat = overlay(image, result.map, cmap="RdBu_r" if info.signed else "magma", signed=info.signed)
             cells.append((info.label, _save(heat, out / f"img{i}_{name}.png"), caption))
             if name == "occlusion":

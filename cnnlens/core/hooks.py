@@ -28,11 +28,22 @@ from torch import nn
 from .shadow import named_modules
 
 
+class StopForward(BaseException):
+    """Raised by a capture hook once every layer an objective needs has run: the rest of the forward is skipped."""
+
+
 class Capture:
     """Activations recorded in one forward, by layer name (a reused module keeps its last call)."""
 
     def __init__(self) -> None:
         self.activations: dict[str, torch.Tensor] = {}
+        self.stop_after: dict[str, int] | None = None  # layer -> calls per forward, when the forward may stop early
+        self.counts: dict[str, int] = {}
+
+    def stop_when_recorded(self, calls: dict[str, int]) -> None:
+        """Stop the next forward (raise :class:`StopForward`) once each layer has run its ``calls`` times."""
+        self.stop_after = dict(calls)
+        self.counts = {}
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.activations:
@@ -56,6 +67,11 @@ def capture(net: nn.Module, names: Iterable[str], stop_below: str | None = None)
             torch.set_grad_enabled(True)
             output = output.detach().requires_grad_(True)
         store.activations[name] = output
+        if store.stop_after is not None and name in store.stop_after:
+            store.counts[name] = store.counts.get(name, 0) + 1
+            if all(store.counts.get(n, 0) >= c for n, c in store.stop_after.items()):
+                store.stop_after = None
+                raise StopForward
         return output.clone()
 
     modules = named_modules(net)

@@ -136,7 +136,8 @@ def resize_map(m: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -
         if mode == "nearest":
             m4 = F.interpolate(m4.float(), size=size, mode="nearest").to(m.dtype)
         else:
-            m4 = F.interpolate(m4.float(), size=size, mode="bilinear", align_corners=False)
+            m4 = F.interpolate(m4 if m4.dtype == torch.float64 else m4.float(), size=size, mode="bilinear",
+                               align_corners=False)
     return m4[0, 0] if squeeze else m4[:, 0]
 
 

@@ -275,7 +275,11 @@ class _ReceptiveFieldMode(TorchFunctionMode):
 
 
 def probe_layers(net: nn.Module, forward: Callable[[torch.Tensor], Any], x: torch.Tensor) -> list[LayerInfo]:
-    """Run ``forward(x)`` once on ``net`` (a shadow) and describe every module that ran, in completion order."""
+    """Run ``forward(x)`` once on ``net`` (a shadow) and describe every module that ran, in completion order.
+
+    A forward that fails part-way (a head that does not take this size, say) still describes the layers that
+    ran before the failure; the method's own forward reports the error when it needs the rest.
+    """
     from .shadow import named_modules  # shadow.py imports this module
 
     mode = _ReceptiveFieldMode()
@@ -301,7 +305,10 @@ def probe_layers(net: nn.Module, forward: Callable[[torch.Tensor], Any], x: torc
         x = x.detach()
         with torch.no_grad(), mode:
             mode.label(x, _RF((1, 1), (1, 1), (0, 0)))
-            forward(x)
+            try:
+                forward(x)
+            except Exception:  # noqa: BLE001 - the layers that ran are described; a real call shows the error
+                pass
     finally:
         for handle in handles:
             handle.remove()

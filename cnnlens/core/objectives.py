@@ -1,17 +1,33 @@
 """The objective algebra: one way to say "what to explain or maximise".
 
-An :class:`Objective` maps the captured activations and the logits of one
-forward to one scalar per batch item. Built-ins: :func:`channel`,
-:func:`neuron`, :func:`logit`, :func:`prob`, :func:`direction`, and
-``predicted()`` (the logit of each image's top class). They combine with
-``+``, ``-``, unary ``-``, and ``*`` or ``/`` by numbers; ``"layer:unit"``
+An :class:`Objective` maps one forward's :class:`Context` (the input images,
+the captured activations and the logits) to one scalar per batch item.
+Built-ins: :func:`channel`, :func:`neuron`, :func:`logit`, :func:`prob`,
+:func:`direction`, and ``predicted()`` (the logit of each image's top class).
+They combine with ``+`` and ``-`` (with each other and with numbers, either
+way round), unary ``-``, and ``*`` or ``/`` by numbers; ``"layer:unit"``
 strings mean ``channel(layer, unit)`` and ints mean ``logit(int)``.
+
+Every method rewrites targets through the same operations of the objective
+itself, so sums and scaled objectives recurse by construction:
+
+- :meth:`Objective.bind`: "predicted class" pinned to the class predicted on
+  the clean input (methods that perturb the input explain that class);
+- :meth:`Objective.tile`: the objective for ``k`` stacked copies of a batch;
+- :meth:`Objective.select`: image ``i``'s part of a per-image objective;
+- :meth:`Objective.probability`: class logits replaced by class probabilities.
+
+``needs_logits`` tells whether the objective reads the model's output at all;
+when it does not (a feature-map target), the forward stops after the deepest
+layer it needs, which also lets a backbone with no class head be explained.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
@@ -19,6 +35,30 @@ import numpy as np
 import torch
 
 Activations = Mapping[str, torch.Tensor]
+
+
+@dataclass
+class Context:
+    """What one forward offers an objective: the [0, 1] input, captured activations, and logits (None when the
+    objective needs none and the forward stopped early)."""
+
+    input: torch.Tensor | None
+    activations: Activations
+    logits: torch.Tensor | None
+
+    @property
+    def batch(self) -> int:
+        for t in (self.input, self.logits, *self.activations.values()):
+            if t is not None:
+                return t.shape[0]
+        raise ValueError("The objective has nothing to read: no input, activation or logits in its context.")
+
+    def reference(self) -> torch.Tensor:
+        """A tensor of the forward (for device and dtype)."""
+        for t in (self.logits, self.input, *self.activations.values()):
+            if t is not None:
+                return t
+        raise ValueError("The objective has nothing to read: no input, activation or logits in its context.")
 
 
 def _check_index(value: int, size: int, what: str, argument: str) -> None:
@@ -39,45 +79,104 @@ def _per_item(index: int | torch.Tensor, batch: int, device: torch.device) -> to
     return t
 
 
+def _logits_of(ctx: Context, what: str) -> torch.Tensor:
+    if ctx.logits is None:
+        raise ValueError(f"target {what} needs the model's class scores, and this model's output is not B×K "
+                         "logits; use a feature-map target ('layer:unit', cl.channel, cl.neuron, cl.direction).")
+    return ctx.logits
+
+
 class Objective:
-    """A scalar per batch item, computed from ``(activations, logits)``."""
+    """A scalar per batch item, computed from one forward's :class:`Context`."""
 
     layers: frozenset[str] = frozenset()
+    needs_logits: bool = True
     description: str = "objective"
 
-    def __call__(self, acts: Activations, logits: torch.Tensor) -> torch.Tensor:
+    def evaluate(self, ctx: Context) -> torch.Tensor:
+        """One value per batch item (subclasses implement this)."""
         raise NotImplementedError
+
+    def __call__(self, ctx: Context | Activations, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """``objective(context)``, or ``objective(activations, logits)`` as in earlier versions."""
+        if not isinstance(ctx, Context):
+            ctx = Context(None, ctx, logits)
+        return self.evaluate(ctx)
 
     def __repr__(self) -> str:
         return self.description
 
-    def __add__(self, other: Any) -> Objective:
-        if isinstance(other, Real) and other == 0:
-            return self  # lets sum() start from 0
-        return _Sum([(1.0, self), (1.0, as_objective(other))])
+    # --- rewriting, the same for every method ---------------------------------------------------
 
-    __radd__ = __add__
+    def bind(self, logits: torch.Tensor | None) -> Objective:
+        """This objective with "predicted class" pinned to the classes ``logits`` (the clean input's) predict."""
+        return self
+
+    def tile(self, k: int) -> Objective:
+        """The objective for a batch made of ``k`` stacked copies of the original batch."""
+        return self
+
+    def select(self, i: int) -> Objective:
+        """Image ``i``'s part of the objective (its own class where classes are given per image)."""
+        return self
+
+    def probability(self) -> Objective:
+        """Class logits replaced by class probabilities (what occlusion and LIME map for a class)."""
+        return self
+
+    # --- algebra ------------------------------------------------------------------------------
+
+    def __add__(self, other: Any) -> Objective:
+        if isinstance(other, Real) and not isinstance(other, bool) and other == 0:
+            return self  # lets sum() start from 0
+        return _Sum([(1.0, self), (1.0, as_objective_term(other))])
+
+    def __radd__(self, other: Any) -> Objective:
+        if isinstance(other, Real) and not isinstance(other, bool) and other == 0:
+            return self
+        return _Sum([(1.0, as_objective_term(other)), (1.0, self)])
 
     def __sub__(self, other: Any) -> Objective:
-        return _Sum([(1.0, self), (-1.0, as_objective(other))])
+        return _Sum([(1.0, self), (-1.0, as_objective_term(other))])
 
     def __rsub__(self, other: Any) -> Objective:
-        return _Sum([(1.0, as_objective(other)), (-1.0, self)])
+        return _Sum([(1.0, as_objective_term(other)), (-1.0, self)])
 
     def __neg__(self) -> Objective:
         return _Sum([(-1.0, self)])
 
     def __mul__(self, k: Any) -> Objective:
-        if not isinstance(k, Real):
+        if not isinstance(k, Real) or isinstance(k, bool):
             raise TypeError(f"Objectives scale by numbers only, got {type(k).__name__}.")
         return _Sum([(float(k), self)])
 
     __rmul__ = __mul__
 
     def __truediv__(self, k: Any) -> Objective:
-        if not isinstance(k, Real) or k == 0:
+        if not isinstance(k, Real) or isinstance(k, bool) or k == 0:
             raise TypeError(f"Objectives divide by non-zero numbers only, got {k!r}.")
         return _Sum([(1.0 / float(k), self)])
+
+
+class Constant(Objective):
+    """A number, the same for every batch item (``2 + cl.prob(3)``)."""
+
+    needs_logits = False
+
+    def __init__(self, value: float):
+        self.value = float(value)
+        self.description = f"{self.value:g}"
+
+    def evaluate(self, ctx: Context) -> torch.Tensor:
+        ref = ctx.reference()
+        return torch.full((ctx.batch,), self.value, device=ref.device, dtype=ref.dtype)
+
+
+def as_objective_term(value: Any) -> Objective:
+    """A term of a sum: a number becomes a :class:`Constant`, anything else a target."""
+    if isinstance(value, Real) and not isinstance(value, bool):
+        return Constant(value)
+    return as_objective(value)
 
 
 class _Sum(Objective):
@@ -90,34 +189,65 @@ class _Sum(Objective):
                 flat.append((coef, term))
         self.terms = flat
         self.layers = frozenset().union(*(t.layers for _, t in flat))
-        parts = [f"{'-' if c < 0 else '+'} {'' if abs(c) == 1 else f'{abs(c):g}·'}{t.description}" for c, t in flat]
+        self.needs_logits = any(t.needs_logits for _, t in flat)
+        parts = []
+        for c, t in flat:
+            if isinstance(t, Constant):
+                value = c * t.value
+                parts.append(f"{'-' if value < 0 else '+'} {abs(value):g}")
+            else:
+                parts.append(f"{'-' if c < 0 else '+'} {'' if abs(c) == 1 else f'{abs(c):g}·'}{t.description}")
         self.description = " ".join(parts).removeprefix("+ ")
+        if self.description.startswith("- "):
+            self.description = "-" + self.description[2:]
 
-    def __call__(self, acts: Activations, logits: torch.Tensor) -> torch.Tensor:
-        return sum(c * t(acts, logits) for c, t in self.terms)
+    def evaluate(self, ctx: Context) -> torch.Tensor:
+        return sum(c * t.evaluate(ctx) for c, t in self.terms)
+
+    def _map(self, fn: Callable[[Objective], Objective]) -> Objective:
+        terms = [(c, fn(t)) for c, t in self.terms]
+        if all(new is old for (_, new), (_, old) in zip(terms, self.terms)):
+            return self
+        return _Sum(terms)
+
+    def bind(self, logits: torch.Tensor | None) -> Objective:
+        return self._map(lambda t: t.bind(logits))
+
+    def tile(self, k: int) -> Objective:
+        return self._map(lambda t: t.tile(k))
+
+    def select(self, i: int) -> Objective:
+        return self._map(lambda t: t.select(i))
+
+    def probability(self) -> Objective:
+        return self._map(lambda t: t.probability())
 
 
 class Channel(Objective):
     """Mean activation of channel ``unit`` of ``layer`` (spatial mean for C×H×W outputs)."""
+
+    needs_logits = False
 
     def __init__(self, layer: str, unit: int):
         self.layer, self.unit = layer, int(unit)
         self.layers = frozenset({layer})
         self.description = f"{layer}:{self.unit}"
 
-    def select(self, acts: Activations) -> torch.Tensor:
+    def select_map(self, acts: Activations) -> torch.Tensor:
         """The unit's feature map (B×H×W) or value (B,)."""
         a = acts[self.layer]
         _check_index(self.unit, a.shape[1], f"unit of layer {self.layer!r} (it has {a.shape[1]} channels)", "target")
         return a[:, self.unit]
 
-    def __call__(self, acts: Activations, logits: torch.Tensor) -> torch.Tensor:
-        a = self.select(acts)
+    def evaluate(self, ctx: Context) -> torch.Tensor:
+        a = self.select_map(ctx.activations)
         return a.flatten(1).mean(1) if a.dim() > 1 else a
 
 
 class Neuron(Objective):
     """One unit at one spatial position (the centre by default) of ``layer``'s channel ``unit``."""
+
+    needs_logits = False
 
     def __init__(self, layer: str, unit: int, y: int | None = None, x: int | None = None):
         self.layer, self.unit, self.y, self.x = layer, int(unit), y, x
@@ -125,8 +255,8 @@ class Neuron(Objective):
         where = "centre" if y is None and x is None else f"y={y}, x={x}"
         self.description = f"{layer}:{self.unit}@{where}"
 
-    def __call__(self, acts: Activations, logits: torch.Tensor) -> torch.Tensor:
-        a = acts[self.layer]
+    def evaluate(self, ctx: Context) -> torch.Tensor:
+        a = ctx.activations[self.layer]
         _check_index(self.unit, a.shape[1], f"unit of layer {self.layer!r} (it has {a.shape[1]} channels)", "target")
         a = a[:, self.unit]
         if a.dim() == 1:
@@ -148,44 +278,87 @@ class Logit(Objective):
                             "a class name works as a method's target= when the model has class names.")
         self.index = checked
         self.name = name
-        self.description = f"logit({name or _shown(checked)})"
+        self.description = f"{self._kind}({name or _shown(checked)})"
 
-    def probability(self) -> Prob:
-        """The same class(es), through the softmax (what occlusion and LIME map)."""
+    _kind = "logit"
+
+    def _with_index(self, index: int | torch.Tensor, name: str | None) -> Logit:
+        clone = copy.copy(self)
+        clone.index = index
+        clone.name = name
+        clone.description = f"{self._kind}({name or _shown(index)})"
+        return clone
+
+    def classes(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The class of each of ``batch`` images."""
+        return _per_item(self.index, batch, torch.device(device))
+
+    def tile(self, k: int) -> Objective:
+        if isinstance(self.index, torch.Tensor) and self.index.numel() > 1:
+            return self._with_index(self.index.repeat(k), self.name)
+        return self
+
+    def select(self, i: int) -> Objective:
+        if isinstance(self.index, torch.Tensor) and self.index.numel() > 1:
+            return self._with_index(int(self.index[i]), None)
+        return self
+
+    def probability(self) -> Objective:
         return Prob(self.index, self.name)
 
-    def __call__(self, acts: Activations, logits: torch.Tensor) -> torch.Tensor:
+    def check(self, classes: int) -> None:
+        """A ValueError naming ``target`` when a class index is outside ``0..classes-1``."""
+        values = [self.index] if isinstance(self.index, int) else [int(self.index.min()), int(self.index.max())]
+        for value in values:
+            _check_index(value, classes, "class", "target")
+
+    def _scores(self, ctx: Context) -> torch.Tensor:
+        return _logits_of(ctx, self.description)
+
+    def evaluate(self, ctx: Context) -> torch.Tensor:
+        scores = self._scores(ctx)
+        self.check(scores.shape[1])
         if isinstance(self.index, int):
-            _check_index(self.index, logits.shape[1], "class", "target")
-            return logits[:, self.index]
-        idx = _per_item(self.index, logits.shape[0], logits.device)
-        for value in (int(idx.min()), int(idx.max())):
-            _check_index(value, logits.shape[1], "class", "target")
-        return logits.gather(1, idx[:, None])[:, 0]
+            return scores[:, self.index]
+        idx = _per_item(self.index, scores.shape[0], scores.device)
+        return scores.gather(1, idx[:, None])[:, 0]
 
 
 class Prob(Logit):
     """The softmax probability of class ``index``."""
 
-    def __init__(self, index: int | Sequence[int] | torch.Tensor, name: str | None = None):
-        super().__init__(index, name)
-        self.description = f"prob({name or _shown(self.index)})"
+    _kind = "prob"
 
-    def __call__(self, acts: Activations, logits: torch.Tensor) -> torch.Tensor:
-        return super().__call__(acts, torch.softmax(logits, dim=1))
+    def probability(self) -> Objective:
+        return self
+
+    def _scores(self, ctx: Context) -> torch.Tensor:
+        return torch.softmax(_logits_of(ctx, self.description), dim=1)
 
 
 class Predicted(Objective):
-    """The logit of each image's top class in this very forward (no extra pass needed)."""
+    """The logit of each image's top class in this very forward; :meth:`bind` pins it to the clean input's."""
 
     description = "predicted class"
 
-    def __call__(self, acts: Activations, logits: torch.Tensor) -> torch.Tensor:
+    def evaluate(self, ctx: Context) -> torch.Tensor:
+        logits = _logits_of(ctx, self.description)
         return logits.gather(1, logits.detach().argmax(1, keepdim=True))[:, 0]
+
+    def bind(self, logits: torch.Tensor | None) -> Objective:
+        if logits is None:
+            return self
+        top = logits.detach().argmax(1).cpu()
+        return Logit(int(top[0]) if len(top) == 1 else top, "predicted class")
+
+    def probability(self) -> Objective:
+        raise ValueError("target: bind the predicted class to the clean input before taking its probability.")
 
 
 class Direction(Objective):
     """Spatial mean of the dot product between ``layer``'s activation vectors and ``vector``."""
+
+    needs_logits = False
 
     def __init__(self, layer: str, vector: torch.Tensor | Sequence[float]):
         self.layer = layer
@@ -193,8 +366,8 @@ class Direction(Objective):
         self.layers = frozenset({layer})
         self.description = f"direction({layer}, {self.vector.numel()}-d)"
 
-    def __call__(self, acts: Activations, logits: torch.Tensor) -> torch.Tensor:
-        a = acts[self.layer]
+    def evaluate(self, ctx: Context) -> torch.Tensor:
+        a = ctx.activations[self.layer]
         if a.shape[1] != self.vector.numel():
             raise ValueError(f"target: direction has {self.vector.numel()} entries but layer {self.layer!r} "
                              f"has {a.shape[1]} channels.")
@@ -203,16 +376,19 @@ class Direction(Objective):
 
 
 class Custom(Objective):
-    """Any function ``fn(activations, logits) -> B`` over the named ``layers``."""
+    """Any function ``fn(activations, logits) -> B`` over the named ``layers`` (or ``fn(context)`` with
+    ``context=True``); ``needs_logits=False`` lets the forward stop after its layers."""
 
-    def __init__(self, fn: Callable[[Activations, torch.Tensor], torch.Tensor], layers: Sequence[str] = (),
-                 description: str = "custom"):
+    def __init__(self, fn: Callable[..., torch.Tensor], layers: Sequence[str] = (),
+                 description: str = "custom", *, needs_logits: bool = True, context: bool = False):
         self.fn = fn
         self.layers = frozenset(layers)
         self.description = description
+        self.needs_logits = needs_logits
+        self.context = context
 
-    def __call__(self, acts: Activations, logits: torch.Tensor) -> torch.Tensor:
-        return self.fn(acts, logits)
+    def evaluate(self, ctx: Context) -> torch.Tensor:
+        return self.fn(ctx) if self.context else self.fn(ctx.activations, ctx.logits)
 
 
 def channel(layer: str, unit: int) -> Objective:

@@ -17,10 +17,17 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from .hooks import Capture, StopForward
 from .images import Batch, to_batch
 from .model import InputSpec, LayerInfo, expected_channels, find_layer, probe_layers, spec_of, unwrap
+from .objectives import Context, Objective
 from .results import Prediction
-from .shadow import ShadowError, copyable, guarded, named_modules, view
+from .shadow import ShadowError, copyable, guarded, module_name, named_modules, view
+
+_SIZE_ERRORS = ("mat1 and mat2 shapes cannot be multiplied", "Calculated padded input size", "Output size is too small",
+                "Given groups=", "Given input size", "Expected input batch_size", "expected input with shape",
+                "size of tensor a", "must match the size", "shape '[", "is invalid for input of size",
+                "Expected size for first two dimensions", "Kernel size can't be greater than actual input size")
 
 _TABLES: weakref.WeakKeyDictionary[nn.Module, OrderedDict[tuple[int, int], list[LayerInfo]]] = \
     weakref.WeakKeyDictionary()
@@ -95,10 +102,29 @@ class Session:
             return self.net(x)
         except RuntimeError as error:
             text = str(error)
-            if any(word in text for word in ("size", "shape", "Expected", "channels")):
+            if any(pattern in text for pattern in _SIZE_ERRORS):
                 raise ValueError(f"x of size {tuple(x.shape[-2:])} does not fit the model ({text.splitlines()[0]}). "
                                  "Resize it, or set cnnlens.configure(model, input_size=(H, W)).") from error
             raise
+
+    def run(self, x: torch.Tensor, objective: Objective, cap: Capture, also: tuple[str, ...] = ()
+            ) -> torch.Tensor | None:
+        """One forward for ``objective``: its logits when it needs them; otherwise the forward stops after the
+        deepest layer the objective reads (a backbone with no class head works, and it costs less)."""
+        if objective.needs_logits or not objective.layers:
+            return self.logits(x)
+        table = {info.name: info.calls for info in self.layers(tuple(x.shape[-2:]))}
+        cap.stop_when_recorded({name: table.get(name, 1) for name in objective.layers | set(also)})
+        try:
+            self.raw_forward(x)
+        except StopForward:
+            pass
+        finally:
+            cap.stop_after = None
+        return None
+
+    def context(self, x: torch.Tensor, cap: Capture, logits: torch.Tensor | None) -> Context:
+        return Context(x, cap.activations, logits)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Checked B×K logits for ``x``: NaN/Inf or a wrong shape is a clear ValueError."""
@@ -118,8 +144,10 @@ class Session:
         classes = self.spec.classes
         return classes[index] if classes is not None and 0 <= index < len(classes) else str(index)
 
-    def predictions(self, logits: torch.Tensor, k: int = 5) -> list[list[Prediction]]:
-        """Top-``k`` predictions (index, name, probability) for each row of ``logits``."""
+    def predictions(self, logits: torch.Tensor | None, k: int = 5, batch: int = 1) -> list[list[Prediction]]:
+        """Top-``k`` predictions (index, name, probability) for each row of ``logits`` (none without logits)."""
+        if logits is None:
+            return [[] for _ in range(batch)]
         probs = torch.softmax(logits.detach().float(), dim=1)
         top = probs.topk(min(k, probs.shape[1]), dim=1)
         return [[Prediction(i, self.class_name(i), p) for p, i in zip(ps, idx)]
@@ -140,12 +168,19 @@ class Session:
                 tables.popitem(last=False)
         return tables[size]
 
-    def layer(self, name: str | None, size: tuple[int, int], *, spatial: bool = True,
+    def layer(self, name: str | nn.Module | None, size: tuple[int, int], *, spatial: bool = True,
               argument: str = "layer") -> LayerInfo:
-        """Resolve a layer name (None = the last spatial layer) or raise a ValueError listing valid ones."""
+        """Resolve a layer (a name, a module of the model, or None = the last spatial layer), or raise a
+        ValueError listing the valid ones."""
         if not self.is_shadow:
             raise TypeError(f"{argument}: layers of a TorchScript model cannot be hooked; "
                             "this method needs an eager nn.Module.")
+        if isinstance(name, nn.Module):
+            found = module_name(self.model, name)
+            if found is None:
+                raise ValueError(f"{argument}: the {type(name).__name__} given is not a module of this model; "
+                                 "pass one of its modules (model.layer4) or a layer name.")
+            name = found
         return find_layer(self.layers(size), name, spatial=spatial, argument=argument)
 
     def module(self, name: str) -> nn.Module:

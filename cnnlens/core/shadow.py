@@ -471,6 +471,15 @@ def _entry(model: nn.Module) -> _Entry:
     return entry
 
 
+def module_name(model: nn.Module, module: nn.Module) -> str | None:
+    """The layer name of ``module`` (one of the user's modules, or a shadow's) in ``model``'s shadow."""
+    model = unwrap(model)
+    with _LOCK:
+        entry = _entry(model)
+    target = entry.builder.memo.get(id(_inner(module)), module)
+    return next((name for name, m in named_modules(entry.net).items() if m is target), None)
+
+
 def shadow(model: nn.Module) -> nn.Module:
     """The eval-mode, hook-free shadow of ``model`` (cached while its structure is unchanged).
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -13,7 +12,7 @@ import torch
 
 from ..core.hooks import capture
 from ..core.images import Batch, resize_map
-from ..core.objectives import Logit, Objective, Predicted, _Sum, as_objective
+from ..core.objectives import Context, Objective, as_objective
 from ..core.progress import Steps
 from ..core.relu_rules import ReLURule
 from ..core.results import Explanation
@@ -55,13 +54,21 @@ def input_gradient(session: Session, x: torch.Tensor, objective: Objective, rule
     x = x.detach().requires_grad_(True)
     relu_rule = ReLURule(rule) if rule else None
     with torch.enable_grad(), capture(session.net, objective.layers) as cap, (relu_rule or nullcontext()):
-        logits = session.logits(x)
-        score = objective(cap.activations, logits)
+        logits = session.run(x, objective, cap)
+        score = objective(Context(x, cap.activations, logits))
         (grad,) = torch.autograd.grad(score.sum(), x)
     if relu_rule is not None and relu_rule.calls == 0:
         warnings.warn(f"The model made no ReLU call, so the {rule} rule changed nothing: this is the plain "
                       "gradient (guided backprop and DeconvNet are defined for ReLU networks).", stacklevel=3)
-    return grad, logits.detach()
+    return grad, None if logits is None else logits.detach()
+
+
+def clean_logits(session: Session, x: torch.Tensor, objective: Objective) -> torch.Tensor | None:
+    """The clean input's logits (no graph) when the objective needs them, for :meth:`Objective.bind`."""
+    if not objective.needs_logits:
+        return None
+    with torch.no_grad():
+        return session.logits(x)
 
 
 def output_size(batch: Batch) -> tuple[int, int]:
@@ -71,23 +78,24 @@ def output_size(batch: Batch) -> tuple[int, int]:
 
 def explanation(session: Session, batch: Batch, maps: torch.Tensor, raw: torch.Tensor | None, *,
                 method: str, objective: Objective, layer: str | None, params: Mapping[str, Any],
-                logits: torch.Tensor, extras: Mapping[str, Any] | None = None,
-                label_maps: tuple[str, ...] = (), resized: tuple[str, ...] = ()) -> Explanation:
+                logits: torch.Tensor | None, extras: Mapping[str, Any] | None = None,
+                label_maps: tuple[str, ...] = (), resized: tuple[str, ...] = (), keep_dtype: bool = False
+                ) -> Explanation:
     """Package B×h×w maps as an :class:`Explanation` at the input's resolution.
 
     ``extras`` hold per-image values (batch-first tensors or lists); for one
     image the batch dimension is dropped everywhere. ``label_maps`` names the
     extras that are categorical maps (resized by nearest neighbour),
-    ``resized`` the continuous maps resized like ``maps``.
+    ``resized`` the continuous maps resized like ``maps``; ``keep_dtype`` keeps a float64 map in float64.
     """
     size = output_size(batch)
-    maps = resize_map(maps.detach().float(), size).cpu()
+    maps = resize_map(maps.detach() if keep_dtype else maps.detach().float(), size).cpu()
     extras = dict(extras or {})
     for key in label_maps:
         extras[key] = resize_map(extras[key], size, mode="nearest").cpu()
     for key in resized:
         extras[key] = resize_map(extras[key].float(), size).cpu()
-    predictions = session.predictions(logits)
+    predictions = session.predictions(logits, batch=len(batch.x))
     if raw is not None:
         raw = raw.detach().cpu()
     if batch.single:
@@ -96,26 +104,6 @@ def explanation(session: Session, batch: Batch, maps: torch.Tensor, raw: torch.T
         extras = {k: v[0] for k, v in extras.items()}
     return Explanation(map=maps, raw=raw, method=method, target=objective.description, layer=layer,
                        params=dict(params), predictions=predictions, extras=extras)
-
-
-def fixed_target(objective: Objective, logits: torch.Tensor) -> Objective:
-    """Pin "predicted class" to the class predicted on the clean input (for methods that perturb it)."""
-    if isinstance(objective, Predicted):
-        return Logit(logits.argmax(1).cpu(), "predicted class")
-    return objective
-
-
-def tiled(objective: Objective, k: int) -> Objective:
-    """The objective for a batch made of ``k`` stacked copies of the original batch."""
-    if isinstance(objective, Logit) and isinstance(objective.index, torch.Tensor) and objective.index.numel() > 1:
-        clone = copy.copy(objective)
-        clone.index = objective.index.repeat(k)
-        return clone
-    if isinstance(objective, _Sum):
-        clone = copy.copy(objective)
-        clone.terms = [(c, tiled(t, k)) for c, t in objective.terms]
-        return clone
-    return objective
 
 
 def summed_gradients(session: Session, points: torch.Tensor, objective: Objective, weights: torch.Tensor,
@@ -132,7 +120,7 @@ def summed_gradients(session: Session, points: torch.Tensor, objective: Objectiv
     for start in range(0, n_points, per_chunk):
         chunk = points[start:start + per_chunk]
         k = chunk.shape[0]
-        grad, _ = input_gradient(session, chunk.reshape(k * b, *chunk.shape[2:]), tiled(objective, k))
+        grad, _ = input_gradient(session, chunk.reshape(k * b, *chunk.shape[2:]), objective.tile(k))
         if transform is not None:
             grad = transform(grad)
         w = weights[start:start + k].to(grad).view(k, 1, *([1] * (grad.dim() - 1)))

@@ -16,27 +16,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.hooks import capture
-from ..core.objectives import Logit, Predicted, Prob
+from ..core.objectives import Logit, Prob
 from ..core.results import Explanation
 from ..core.session import look, redone_when_weights_move
 from ._common import explanation, objective_for
 
 
 @redone_when_weights_move
-def cam(model: torch.nn.Module, x: Any, target: Any = None, *, layer: str | None = None) -> Explanation:
+def cam(model: torch.nn.Module, x: Any, target: Any = None, *, layer: str | torch.nn.Module | None = None
+        ) -> Explanation:
     """CAM of class ``target`` (None = predicted) at ``layer`` (None = last spatial layer)."""
     with look(model) as s:
         batch = s.prepare(x)
         size = tuple(batch.x.shape[-2:])
         info = s.layer(layer, size, spatial=True)
         objective = objective_for(s, target, size)
-        if not isinstance(objective, (Logit, Predicted)) or isinstance(objective, Prob):
-            raise ValueError("target: CAM explains class logits (an int class or None); "
-                             f"got {objective.description!r}. "
-                             "Use cnnlens.gradcam for other targets.")
         with torch.no_grad(), capture(s.net, [info.name]) as cap:
             logits = s.logits(batch.x)
             acts = cap[info.name].clone()
+        objective = objective.bind(logits)
+        if not isinstance(objective, Logit) or isinstance(objective, Prob):
+            raise ValueError("target: CAM explains class logits (an int class or None); "
+                             f"got {objective.description!r}. "
+                             "Use cnnlens.gradcam for other targets.")
         fc = _linear_head(s, size, logits.shape[1])
         if fc is None or fc.in_features != acts.shape[1] or not torch.allclose(
                 F.linear(acts.mean((2, 3)), fc.weight, fc.bias), logits,
@@ -45,18 +47,11 @@ def cam(model: torch.nn.Module, x: Any, target: Any = None, *, layer: str | None
                              "and this model's head is different (a check of logits = linear(mean of the layer) "
                              "failed). Use cnnlens.gradcam(model, x, target, layer=...) instead, which works "
                              "on any head.")
-        classes = _class_indices(objective, logits)
+        objective.check(logits.shape[1])
+        classes = objective.classes(len(logits), logits.device)
         raw = torch.einsum("bk,bkhw->bhw", fc.weight[classes].to(acts), acts)
         return explanation(s, batch, raw, raw, method="cam", objective=objective, layer=info.name,
                            params={}, logits=logits)
-
-
-def _class_indices(objective: Logit | Predicted, logits: torch.Tensor) -> torch.Tensor:
-    if isinstance(objective, Predicted):
-        return logits.argmax(1)
-    idx = torch.as_tensor(objective.index, device=logits.device).long().reshape(-1).expand(logits.shape[0])
-    objective({}, logits)  # range check with the standard message
-    return idx
 
 
 def _linear_head(session, size: tuple[int, int], classes: int) -> nn.Linear | None:

@@ -32,7 +32,7 @@ def _seeded(channel: Channel, mode: str, found: dict[str, torch.Tensor]) -> Obje
     """An objective whose gradient w.r.t. the layer is the chosen activation itself (all else zero)."""
 
     def project(acts, logits):
-        a = channel.select(acts)  # B×H×W
+        a = channel.select_map(acts)  # B×H×W
         seed = a.detach().clamp(min=0)
         if mode == "max" and a.dim() == 3:
             flat = seed.flatten(1)
@@ -43,7 +43,7 @@ def _seeded(channel: Channel, mode: str, found: dict[str, torch.Tensor]) -> Obje
             found["activation"] = flat.gather(1, top[:, None])[:, 0].cpu()
         return (a * seed).flatten(1).sum(1)
 
-    return Custom(project, channel.layers, f"{channel.description} ({mode})")
+    return Custom(project, channel.layers, f"{channel.description} ({mode})", needs_logits=False)
 
 
 def _scaled(box: tuple[int, int, int, int], source: tuple[int, int], target: tuple[int, int]

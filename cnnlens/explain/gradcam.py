@@ -13,13 +13,14 @@ from typing import Any
 import torch
 
 from ..core.hooks import capture
+from ..core.objectives import Context
 from ..core.results import Explanation
 from ..core.session import look, redone_when_weights_move
 from ._common import explanation, objective_for
 
 
 @redone_when_weights_move
-def gradcam(model: torch.nn.Module, x: Any, target: Any = None, *, layer: str | None = None,
+def gradcam(model: torch.nn.Module, x: Any, target: Any = None, *, layer: str | torch.nn.Module | None = None,
             relu: bool = True) -> Explanation:
     """Grad-CAM map of ``target`` at ``layer`` (None = last spatial layer); ``raw`` is the layer-resolution map."""
     with look(model) as s:
@@ -28,8 +29,8 @@ def gradcam(model: torch.nn.Module, x: Any, target: Any = None, *, layer: str | 
         info = s.layer(layer, size, spatial=True)
         objective = objective_for(s, target, size)
         with capture(s.net, objective.layers, stop_below=info.name) as cap:
-            logits = s.logits(batch.x)
-            score = objective(cap.activations, logits)
+            logits = s.run(batch.x, objective, cap, also=(info.name,))
+            score = objective(Context(batch.x, cap.activations, logits))
             acts = cap[info.name]
             # a target computed below the layer was recorded without a graph: it cannot depend on the layer
             grad = torch.autograd.grad(score.sum(), acts, allow_unused=True)[0] if score.requires_grad else None
@@ -41,4 +42,4 @@ def gradcam(model: torch.nn.Module, x: Any, target: Any = None, *, layer: str | 
         if relu:
             raw = raw.clamp(min=0)
         return explanation(s, batch, raw, raw, method="gradcam", objective=objective, layer=info.name,
-                           params={"relu": relu}, logits=logits.detach())
+                           params={"relu": relu}, logits=None if logits is None else logits.detach())

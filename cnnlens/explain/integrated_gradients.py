@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from ..core.images import gaussian_blur
+from ..core.objectives import Context
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
 from ..core.session import look, redone_when_weights_move
-from ._common import explanation, fixed_target, objective_for, positive_int, summed_gradients
+from ._common import clean_logits, explanation, objective_for, positive_int, summed_gradients
 
 RULES = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
 BASELINES = ("black", "white", "gray", "blur")
@@ -81,15 +82,16 @@ def integrated_gradients(model: torch.nn.Module, x: Any, target: Any = None, *, 
         batch = s.prepare(x)
         objective = objective_for(s, target, tuple(batch.x.shape[-2:]))
         base = _baseline(baseline, batch.x)
-        with torch.no_grad():
-            logits, base_logits = s.logits(torch.cat([batch.x, base])).split(len(batch.x))
-        objective = fixed_target(objective, logits)
+        both = clean_logits(s, torch.cat([batch.x, base]), objective)
+        logits, base_logits = both.split(len(batch.x)) if both is not None else (None, None)
+        objective = objective.bind(logits)
         a = torch.as_tensor(alphas, dtype=batch.x.dtype, device=batch.x.device).view(-1, 1, 1, 1, 1)
         points = base[None] + a * (batch.x - base)[None]
         grads = summed_gradients(s, points, objective, torch.as_tensor(weights), batch_size, counter)
         raw = (batch.x - base) * grads
         with torch.no_grad():
-            gap = objective({}, logits) - objective({}, base_logits) if not objective.layers else None
+            gap = (objective(Context(batch.x, {}, logits)) - objective(Context(base, {}, base_logits))
+                   if not objective.layers and logits is not None else None)
         delta = (raw.flatten(1).sum(1) - gap).cpu() if gap is not None else None  # captum's sign convention
         params = {"baseline": baseline if isinstance(baseline, (str, int, float)) else "tensor",
                   "steps": steps, "rule": rule, "batch_size": batch_size}

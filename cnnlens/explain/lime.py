@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from ..core.images import gaussian_blur, to_uint8
-from ..core.objectives import Logit, Prob
+from ..core.objectives import Context, Logit
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
 from ..core.session import look, redone_when_weights_move
-from ._common import explanation, fixed_target, generator, objective_for, positive_int
+from ._common import explanation, generator, objective_for, positive_int
 
 SEGMENTATIONS = ("slic", "grid")
 HIDE = ("mean", "gray", "zero", "blur")
@@ -102,12 +102,11 @@ def lime(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 3
         objective = objective_for(s, target, size)
         with torch.no_grad():
             logits = s.logits(batch.x)
-        objective = fixed_target(objective, logits)
+        objective = objective.bind(logits)
         if not isinstance(objective, Logit):
             raise ValueError(f"target: LIME explains a class (an int or None), got {objective.description!r}.")
         objective = objective.probability()
-        classes = torch.as_tensor(objective.index).long().reshape(-1).expand(len(batch.x))
-        objective({}, logits)  # range check of the class index
+        objective.check(logits.shape[1])
         gen = generator(seed, torch.device("cpu"))
         steps = Steps(len(batch.x) * samples, progress, cancel)
         params = {"samples": samples, "features": features, "segmentation": segmentation, "segments": segments,
@@ -128,12 +127,13 @@ def lime(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 3
             patterns = torch.randint(0, 2, (samples, d), generator=gen).to(image)
             patterns[0] = 1
             hidden = _hidden(hide, image, onehot)
+            per_image = objective.select(i)
             outputs = []
             with torch.no_grad():
                 for start in range(0, samples, batch_size):
                     keep = torch.einsum("sd,dhw->shw", patterns[start:start + batch_size], onehot)[:, None]
                     out = s.logits(hidden[None] + keep * (image - hidden)[None])
-                    outputs.append(Prob(int(classes[i]))({}, out))
+                    outputs.append(per_image(Context(None, {}, out)))
                     steps.advance(len(keep))
                     drawn = start + len(keep)
                     if partial is not None and batch.single and 1 < drawn < samples:

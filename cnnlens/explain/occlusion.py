@@ -4,28 +4,48 @@ A square mask slides over the image; for every position one forward pass of
 the occluded image (batched) gives all three of the paper's maps:
 
 - ``map``: the target class's probability (or the target objective's value)
-  with the mask at each place, averaged over the positions covering a pixel;
+  as a function of the mask's position: each pixel holds the value with the
+  mask centred on it, linear between the positions' centres;
 - ``unit_map``: the total activation of one feature map (default: the
-  strongest feature map of ``layer`` on the unoccluded image);
+  strongest feature map of ``layer`` on the unoccluded image), the same way;
 - ``label_map``: the most probable class with the mask centred nearest each
   pixel (categorical).
+
+A class target's probability is computed in float64 from the log-softmax, and
+``map`` is returned in float64: a confident model's probabilities sit within
+1e-8 of 1 almost everywhere, where float32 rounds them all to exactly 1.0 and
+the map's order (which place hurts the class most) would be lost in ties.
+``log_map`` holds the mean log-probability, which keeps that order even
+beyond float64's resolution near 1, and ``drop_map`` = log p(clean) − log
+p(occluded) (≥ 0 where hiding hurts the class) is what the views display.
+
+Memory is bounded by ``batch_size`` × H × W whatever the number of
+positions: windows are built per batch and maps accumulated as sums.
+``partial`` receives a coarse map (stride = mask size) before the final one.
+
+``mean_map`` is the attribution convention of captum's ``Occlusion``: per
+pixel, the mean of the target over the mask positions covering it. It is
+piecewise constant in stride × stride blocks and averages fewer positions at
+the borders, so its extreme is a tie over a block (and is pulled to the
+borders); ``map`` has neither problem, which is why it is the default.
 
 The per-position grids are in ``raw`` (target), ``unit_grid`` and ``label_grid``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..core.hooks import capture
 from ..core.images import gaussian_blur
-from ..core.objectives import Logit, Objective, Predicted, Prob
+from ..core.objectives import Context, Logit, Objective, Prob
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
-from ..core.session import look, redone_when_weights_move
-from ._common import explanation, fixed_target, objective_for, positive_int
+from ..core.session import Session, look, redone_when_weights_move
+from ._common import explanation, objective_for, positive_int
 
 MASK_VALUES = ("gray", "mean", "zero", "blur")
 
@@ -55,93 +75,189 @@ def _fill(mask_value: Any, x: torch.Tensor, mask_size: int, dataset_mean: tuple[
     raise ValueError(f"Unknown mask_value {mask_value!r}. Valid: {', '.join(MASK_VALUES)} or a number.")
 
 
+def _windows(starts: torch.Tensor, mask_size: int, size: tuple[int, int]) -> torch.Tensor:
+    """b×H×W boolean masks for the (y0, x0) rows of ``starts`` (b×2)."""
+    h, w = size
+    rows = torch.arange(h, device=starts.device)
+    cols = torch.arange(w, device=starts.device)
+    in_y = (rows[None] >= starts[:, :1]) & (rows[None] < starts[:, :1] + mask_size)
+    in_x = (cols[None] >= starts[:, 1:]) & (cols[None] < starts[:, 1:] + mask_size)
+    return in_y[:, :, None] & in_x[:, None, :]
+
+
+def _checked(mask_size: int | None, stride: int | None, mask_value: Any, size: tuple[int, int]) -> tuple[int, int]:
+    h, w = size
+    mask_size = max(min(h, w) // 4, 1) if mask_size is None else positive_int(mask_size, "mask_size")
+    if mask_size > min(h, w):
+        raise ValueError(f"mask_size {mask_size} is larger than the image ({h}×{w}); valid: 1..{min(h, w)}.")
+    stride = max(mask_size // 2, 1) if stride is None else positive_int(stride, "stride")
+    if not (isinstance(mask_value, (int, float, str)) and not isinstance(mask_value, bool)):
+        raise TypeError(f"mask_value must be one of {', '.join(MASK_VALUES)} or a number, "
+                        f"got {type(mask_value).__name__}.")
+    if isinstance(mask_value, str) and mask_value not in MASK_VALUES:
+        raise ValueError(f"Unknown mask_value {mask_value!r}. Valid: {', '.join(MASK_VALUES)} or a number.")
+    return mask_size, stride
+
+
 @redone_when_weights_move
 def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: int | None = None,
-              stride: int | None = None, mask_value: Any = "gray", layer: str | None = None,
+              stride: int | None = None, mask_value: Any = "gray", layer: Any = None,
               unit: int | None = None, batch_size: int = 64, progress: ProgressFn | None = None,
-              cancel: CancelToken | None = None) -> Explanation:
+              cancel: CancelToken | None = None, partial: Callable[[Explanation], None] | None = None
+              ) -> Explanation:
     """Slide a ``mask_size`` square with ``stride`` over ``x``; see the module doc for the three maps.
 
-    Defaults: ``mask_size`` a quarter of the image side, ``stride`` half the mask.
+    Defaults: ``mask_size`` a quarter of the image side, ``stride`` half the mask. With ``partial``, a coarse
+    pass (stride = mask size) is computed and handed over first, then the final maps are returned.
     """
     batch_size = positive_int(batch_size, "batch_size")
+    if partial is not None and not callable(partial):
+        raise TypeError(f"partial must be a callable or None, got {type(partial).__name__}.")
     with look(model) as s:
         batch = s.prepare(x)
-        h, w = size = tuple(batch.x.shape[-2:])
-        mask_size = max(min(h, w) // 4, 1) if mask_size is None else positive_int(mask_size, "mask_size")
-        if mask_size > min(h, w):
-            raise ValueError(f"mask_size {mask_size} is larger than the image ({h}×{w}); valid: 1..{min(h, w)}.")
-        stride = max(mask_size // 2, 1) if stride is None else positive_int(stride, "stride")
-        if not (isinstance(mask_value, (int, float, str)) and not isinstance(mask_value, bool)):
-            raise TypeError(f"mask_value must be one of {', '.join(MASK_VALUES)} or a number, "
-                            f"got {type(mask_value).__name__}.")
-        if isinstance(mask_value, str) and mask_value not in MASK_VALUES:
-            raise ValueError(f"Unknown mask_value {mask_value!r}. Valid: {', '.join(MASK_VALUES)} or a number.")
+        size = tuple(batch.x.shape[-2:])
+        mask_size, stride = _checked(mask_size, stride, mask_value, size)
         info = s.layer(layer, size, spatial=True)
         objective = objective_for(s, target, size)
-        ys, xs = positions(h, mask_size, stride), positions(w, mask_size, stride)
-        windows = torch.zeros(len(ys) * len(xs), h, w, dtype=torch.bool, device=batch.x.device)
-        for i, (y0, x0) in enumerate((y, xx) for y in ys for xx in xs):
-            windows[i, y0:y0 + mask_size, x0:x0 + mask_size] = True
         if unit is not None:
             unit = positive_int(unit, "unit", minimum=0)
             if unit >= info.channels:
                 raise ValueError(f"unit {unit} is out of range for layer {info.name!r}; valid: 0..{info.channels - 1}.")
-        steps = Steps(len(batch.x) * len(windows), progress, cancel)
+        passes = [stride]
+        if partial is not None and mask_size > stride and len(positions(min(size), mask_size, mask_size)) > 1:
+            passes.insert(0, mask_size)
+        count = sum(len(positions(size[0], mask_size, p)) * len(positions(size[1], mask_size, p)) for p in passes)
+        steps = Steps(len(batch.x) * count, progress, cancel)
         with torch.no_grad(), capture(s.net, objective.layers | {info.name}) as cap:
             logits = s.logits(batch.x)
-            if not isinstance(target, Objective) and isinstance(objective, (Logit, Predicted)):
-                # a class, however it was written: Zeiler & Fergus map its probability
-                objective = fixed_target(objective, logits)
+            objective = objective.bind(logits)
+            is_class = not isinstance(target, Objective) and isinstance(objective, Logit)
+            if is_class:  # a class, however it was written: Zeiler & Fergus map its probability
                 objective = objective.probability()
+            if isinstance(objective, Logit):
+                objective.check(logits.shape[1])
             totals = cap[info.name].flatten(2).sum(2)  # B×C total activation per feature map
             units = totals.argmax(1) if unit is None else torch.full((len(batch.x),), unit, device=totals.device)
-            grids = {"target": [], "unit": [], "label": []}
-            for i, image in enumerate(batch.x):
-                fill = _fill(mask_value, image, mask_size, s.spec.mean)
-                values, unit_values, labels = [], [], []
-                per_image = objective_for_image(objective, i)
-                for start in range(0, len(windows), batch_size):
-                    m = windows[start:start + batch_size, None]
-                    occluded = torch.where(m, fill[None], image[None])
-                    out = s.logits(occluded)
-                    values.append(per_image(cap.activations, out))
-                    unit_values.append(cap[info.name][:, units[i]].flatten(1).sum(1))
-                    labels.append(out.argmax(1))
-                    steps.advance(len(m))
-                grids["target"].append(torch.cat(values))
-                grids["unit"].append(torch.cat(unit_values))
-                grids["label"].append(torch.cat(labels))
-        shape = (len(batch.x), len(ys), len(xs))
-        target_grid, unit_grid, label_grid = (torch.stack(grids[k]).view(shape) for k in ("target", "unit", "label"))
-        coverage = windows.float().flatten(1)
-        counts = coverage.sum(0)
-        uncovered = (counts == 0).view(h, w)  # only when stride > mask_size
+            clean = _values(objective, Context(batch.x, cap.activations, logits))
+            run = _Run(s, cap, batch.x, objective, info.name, units, mask_size, mask_value, batch_size, steps, logits)
+            for p in passes:
+                maps = run.maps(p)
+                params = {"mask_size": mask_size, "stride": p, "mask_value": mask_value, "unit_layer": info.name}
+                result = explanation(s, batch, maps.pop("map"), maps.pop("raw"), method="occlusion",
+                                     objective=objective, layer=info.name, params=params, logits=logits,
+                                     extras=_extras(maps, units, clean, batch.single), label_maps=("label_map",),
+                                     resized=("unit_map", "log_map", "drop_map", "mean_map"), keep_dtype=True)
+                if p != passes[-1]:
+                    partial(result)
+        return result
 
-        def spread(grid: torch.Tensor) -> torch.Tensor:
-            """Per pixel, the mean over the mask positions covering it (nearest position if none does)."""
-            mean = (grid.flatten(1).float() @ coverage / counts.clamp(min=1)).view(-1, h, w)
-            if uncovered.any():
-                mean = torch.where(uncovered, _nearest(grid.float(), ys, xs, mask_size, size), mean)
-            return mean
-        extras = {
-            "unit_map": spread(unit_grid).cpu(),
-            "label_map": _nearest(label_grid, ys, xs, mask_size, size).cpu(),
-            "unit_grid": unit_grid.cpu(), "label_grid": label_grid.cpu(),
-            "unit": units.cpu(), "positions": [(ys, xs)] * len(batch.x),
+
+def _values(objective: Objective, ctx: Context) -> torch.Tensor:
+    """The objective per image, in float64 (a probability through the float64 log-softmax)."""
+    if isinstance(objective, Prob):
+        log_p = torch.log_softmax(ctx.logits.double(), dim=1)
+        idx = objective.classes(len(log_p), log_p.device)
+        return log_p.gather(1, idx[:, None])[:, 0].exp()
+    return objective(ctx).double()
+
+
+def _log_values(objective: Objective, ctx: Context) -> torch.Tensor | None:
+    if not isinstance(objective, Prob):
+        return None
+    log_p = torch.log_softmax(ctx.logits.double(), dim=1)
+    return log_p.gather(1, objective.classes(len(log_p), log_p.device)[:, None])[:, 0]
+
+
+def _extras(maps: dict, units: torch.Tensor, clean: torch.Tensor, single: bool) -> dict:
+    extras = dict(maps)
+    extras["unit"] = units.cpu()
+    extras["clean_value"] = clean.cpu()
+    if extras.get("log_map") is None:  # not a class probability: no log-space maps
+        extras["log_map"] = extras["drop_map"] = torch.zeros_like(extras["unit_map"])
+    return extras
+
+
+class _Run:
+    """One occlusion computation: the occluded forwards for a stride, accumulated in bounded memory."""
+
+    def __init__(self, session: Session, cap, images: torch.Tensor, objective: Objective, layer: str,
+                 units: torch.Tensor, mask_size: int, mask_value: Any, batch_size: int, steps: Steps,
+                 logits: torch.Tensor):
+        self.s, self.cap, self.images, self.objective, self.layer = session, cap, images, objective, layer
+        self.units, self.mask_size, self.mask_value = units, mask_size, mask_value
+        self.batch_size, self.steps = batch_size, steps
+        self.clean_log = _log_values(objective, Context(images, {}, logits))
+
+    def maps(self, stride: int) -> dict[str, Any]:
+        h, w = size = tuple(self.images.shape[-2:])
+        ys, xs = positions(h, self.mask_size, stride), positions(w, self.mask_size, stride)
+        device = self.images.device
+        starts = torch.tensor([(y, x) for y in ys for x in xs], device=device)
+        b = len(self.images)
+        sums = {"map": torch.zeros(b, h, w, dtype=torch.float64, device=device)}
+        counts = torch.zeros(h, w, dtype=torch.float64, device=device)
+        grids = {k: torch.zeros(b, len(starts), dtype=torch.float64, device=device) for k in ("target", "unit", "log")}
+        labels = torch.zeros(b, len(starts), dtype=torch.long, device=device)
+        has_log = isinstance(self.objective, Prob)
+        for start in range(0, len(starts), self.batch_size):
+            chunk = starts[start:start + self.batch_size]
+            windows = _windows(chunk, self.mask_size, size)
+            counts += windows.sum(0)
+            for i, image in enumerate(self.images):
+                fill = _fill(self.mask_value, image, self.mask_size, self.s.spec.mean)
+                out = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
+                ctx = Context(None, self.cap.activations, out)
+                per_image = self.objective.select(i)
+                value = _values(per_image, ctx)
+                unit_value = self.cap[self.layer][:, self.units[i]].flatten(1).sum(1).double()
+                rows = slice(start, start + len(chunk))
+                grids["target"][i, rows], grids["unit"][i, rows] = value, unit_value
+                labels[i, rows] = out.argmax(1)
+                sums["map"][i] += torch.einsum("k,khw->hw", value, windows.double())
+                if has_log:
+                    grids["log"][i, rows] = _log_values(per_image, ctx)
+                self.steps.advance(len(chunk))
+        shape = (b, len(ys), len(xs))
+        wy, wx = _between_centres(ys, self.mask_size, h, device), _between_centres(xs, self.mask_size, w, device)
+
+        def at_position(grid: torch.Tensor) -> torch.Tensor:
+            """Per pixel, the value with the mask centred there (linear between the positions' centres)."""
+            return torch.einsum("hy,byx,wx->bhw", wy, grid.view(shape).double(), wx)
+
+        mean_map = sums["map"] / counts.clamp(min=1)
+        if not bool((counts > 0).all()):  # stride > mask_size: pixels no window covers take the nearest one
+            mean_map = torch.where(counts > 0, mean_map, _nearest(grids["target"].view(shape), ys, xs,
+                                                                  self.mask_size, size))
+        maps: dict[str, Any] = {
+            "map": at_position(grids["target"]), "raw": grids["target"].view(shape), "mean_map": mean_map,
+            "unit_map": at_position(grids["unit"]).float(),
+            "label_map": _nearest(labels.view(shape), ys, xs, self.mask_size, size),
+            "unit_grid": grids["unit"].view(shape).float().cpu(), "label_grid": labels.view(shape).cpu(),
+            "positions": [(ys, xs)] * b, "log_map": None,
         }
-        params = {"mask_size": mask_size, "stride": stride, "mask_value": mask_value, "unit_layer": info.name}
-        return explanation(s, batch, spread(target_grid), target_grid, method="occlusion", objective=objective,
-                           layer=info.name, params=params, logits=logits, extras=extras,
-                           label_maps=("label_map",), resized=("unit_map",))
+        if has_log:
+            log_map = at_position(grids["log"])
+            maps["log_map"] = log_map
+            maps["drop_map"] = self.clean_log.view(-1, 1, 1) - log_map
+        return maps
 
 
-def objective_for_image(objective, i: int):
-    """The objective restricted to image ``i`` of the batch (its own target class)."""
-    if isinstance(objective, Logit) and isinstance(objective.index, torch.Tensor) and objective.index.numel() > 1:
-        single = Prob(objective.index[i]) if isinstance(objective, Prob) else Logit(objective.index[i])
-        return single
-    return objective
+def _between_centres(starts: list[int], mask_size: int, length: int, device: torch.device) -> torch.Tensor:
+    """length×n weights that interpolate n per-position values linearly between the positions' centres
+    (constant beyond the outermost centres), so a pixel's value is the one with the mask centred on it."""
+    centres = torch.tensor(starts, dtype=torch.float64) + (mask_size - 1) / 2
+    weights = torch.zeros(length, len(centres), dtype=torch.float64)
+    if len(centres) == 1:
+        weights[:, 0] = 1.0
+        return weights.to(device)
+    t = torch.arange(length, dtype=torch.float64).clamp(float(centres[0]), float(centres[-1]))
+    upper = torch.searchsorted(centres, t, right=True).clamp(1, len(centres) - 1)
+    lower = upper - 1
+    frac = (t - centres[lower]) / (centres[upper] - centres[lower])
+    rows = torch.arange(length)
+    weights[rows, lower] = 1 - frac
+    weights[rows, upper] += frac
+    return weights.to(device)
 
 
 def _nearest(grid: torch.Tensor, ys: list[int], xs: list[int], mask_size: int, size: tuple[int, int]) -> torch.Tensor:

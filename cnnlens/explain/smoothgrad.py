@@ -15,7 +15,7 @@ import torch
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
 from ..core.session import look, redone_when_weights_move
-from ._common import explanation, fixed_target, generator, objective_for, positive_int, summed_gradients
+from ._common import clean_logits, explanation, generator, objective_for, positive_int, summed_gradients
 
 
 @redone_when_weights_move
@@ -31,9 +31,8 @@ def smoothgrad(model: torch.nn.Module, x: Any, target: Any = None, *, samples: i
     with look(model) as s:
         batch = s.prepare(x)
         objective = objective_for(s, target, tuple(batch.x.shape[-2:]))
-        with torch.no_grad():
-            logits = s.logits(batch.x)
-        objective = fixed_target(objective, logits)
+        logits = clean_logits(s, batch.x, objective)
+        objective = objective.bind(logits)
         gen = generator(seed, batch.x.device)
         span = (batch.x.flatten(1).amax(1) - batch.x.flatten(1).amin(1)).view(-1, 1, 1, 1)
         eps = torch.randn((samples, *batch.x.shape), generator=gen, device=batch.x.device, dtype=batch.x.dtype)
