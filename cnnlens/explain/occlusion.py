@@ -102,15 +102,17 @@ def _checked(mask_size: int | None, stride: int | None, mask_value: Any, size: t
 @redone_when_weights_move
 def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: int | None = None,
               stride: int | None = None, mask_value: Any = "gray", layer: Any = None,
-              unit: int | None = None, batch_size: int = 64, progress: ProgressFn | None = None,
+              unit: int | None = None, batch_size: int | None = None, progress: ProgressFn | None = None,
               cancel: CancelToken | None = None, partial: Callable[[Explanation], None] | None = None
               ) -> Explanation:
     """Slide a ``mask_size`` square with ``stride`` over ``x``; see the module doc for the three maps.
 
-    Defaults: ``mask_size`` a quarter of the image side, ``stride`` half the mask. With ``partial``, a coarse
-    pass (stride = mask size) is computed and handed over first, then the final maps are returned.
+    Defaults: ``mask_size`` a quarter of the image side, ``stride`` half the mask, ``batch_size`` occluded
+    images per forward scaled with the image area (64 at 224 px). With ``partial``, coarser maps — two
+    positions per side, then a stride of about the mask size — are handed over first; their positions are
+    among the final ones, so streaming costs no extra forward.
     """
-    batch_size = positive_int(batch_size, "batch_size")
+    batch_size = None if batch_size is None else positive_int(batch_size, "batch_size")
     if partial is not None and not callable(partial):
         raise TypeError(f"partial must be a callable or None, got {type(partial).__name__}.")
     with look(model) as s:
@@ -123,11 +125,12 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
             unit = positive_int(unit, "unit", minimum=0)
             if unit >= info.channels:
                 raise ValueError(f"unit {unit} is out of range for layer {info.name!r}; valid: 0..{info.channels - 1}.")
-        passes = [stride]
-        if partial is not None and mask_size > stride and len(positions(min(size), mask_size, mask_size)) > 1:
-            passes.insert(0, mask_size)
-        count = sum(len(positions(size[0], mask_size, p)) * len(positions(size[1], mask_size, p)) for p in passes)
-        steps = Steps(len(batch.x) * count, progress, cancel)
+        passes = _passes(size, mask_size, stride) if partial is not None else [stride]
+        places = {(y, x) for p in passes for y in positions(size[0], mask_size, p)
+                  for x in positions(size[1], mask_size, p)}
+        steps = Steps(len(batch.x) * len(places), progress, cancel)
+        if batch_size is None:  # the model's activations for one batch stay about those of 64 images at 224 px
+            batch_size = max(1, min(64, (64 * 224 * 224) // (size[0] * size[1])))
         with torch.no_grad(), capture(s.net, objective.layers | {info.name}) as cap:
             logits = s.logits(batch.x)
             objective = objective.bind(logits)
@@ -150,6 +153,18 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
                 if p != passes[-1]:
                     partial(result)
         return result
+
+
+def _passes(size: tuple[int, int], mask_size: int, stride: int) -> list[int]:
+    """Strides from coarse to fine, each a multiple of ``stride`` (so its positions are among the final ones)."""
+    span = min(size) - mask_size
+    passes = []
+    for coarse in (span, mask_size):
+        p = stride * max(-(-coarse // stride), 1)
+        count = len(positions(min(size), mask_size, p))
+        if p > stride and 1 < count < len(positions(min(size), mask_size, stride)) and p not in passes:
+            passes.append(p)
+    return [*sorted(passes, reverse=True), stride]
 
 
 def _values(objective: Objective, ctx: Context) -> torch.Tensor:
@@ -187,36 +202,58 @@ class _Run:
         self.units, self.mask_size, self.mask_value = units, mask_size, mask_value
         self.batch_size, self.steps = batch_size, steps
         self.clean_log = _log_values(objective, Context(images, {}, logits))
+        self.done: dict[tuple[int, int], int] = {}  # mask position -> its column in ``values``
+        b = len(images)
+        self.values = {key: torch.zeros(b, 0, dtype=torch.float64, device=images.device)
+                       for key in ("target", "unit", "log")}
+        self.values["label"] = torch.zeros(b, 0, dtype=torch.long, device=images.device)
 
-    def maps(self, stride: int) -> dict[str, Any]:
-        h, w = size = tuple(self.images.shape[-2:])
-        ys, xs = positions(h, self.mask_size, stride), positions(w, self.mask_size, stride)
-        device = self.images.device
-        starts = torch.tensor([(y, x) for y in ys for x in xs], device=device)
-        b = len(self.images)
-        sums = {"map": torch.zeros(b, h, w, dtype=torch.float64, device=device)}
-        counts = torch.zeros(h, w, dtype=torch.float64, device=device)
-        grids = {k: torch.zeros(b, len(starts), dtype=torch.float64, device=device) for k in ("target", "unit", "log")}
-        labels = torch.zeros(b, len(starts), dtype=torch.long, device=device)
+    def _compute(self, places: list[tuple[int, int]]) -> None:
+        """The occluded forwards for mask positions not computed yet (a finer pass reuses a coarser one's)."""
+        if not places:
+            return
+        size = tuple(self.images.shape[-2:])
         has_log = isinstance(self.objective, Prob)
-        for start in range(0, len(starts), self.batch_size):
-            chunk = starts[start:start + self.batch_size]
-            windows = _windows(chunk, self.mask_size, size)
-            counts += windows.sum(0)
+        starts = torch.tensor(places, device=self.images.device)
+        new = {key: [] for key in ("target", "unit", "log", "label")}
+        for start in range(0, len(places), self.batch_size):
+            windows = _windows(starts[start:start + self.batch_size], self.mask_size, size)
+            parts = {key: [] for key in new}
             for i, image in enumerate(self.images):
                 fill = _fill(self.mask_value, image, self.mask_size, self.s.spec.mean)
                 out = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
                 ctx = Context(None, self.cap.activations, out)
                 per_image = self.objective.select(i)
-                value = _values(per_image, ctx)
-                unit_value = self.cap[self.layer][:, self.units[i]].flatten(1).sum(1).double()
-                rows = slice(start, start + len(chunk))
-                grids["target"][i, rows], grids["unit"][i, rows] = value, unit_value
-                labels[i, rows] = out.argmax(1)
-                sums["map"][i] += torch.einsum("k,khw->hw", value, windows.double())
-                if has_log:
-                    grids["log"][i, rows] = _log_values(per_image, ctx)
-                self.steps.advance(len(chunk))
+                parts["target"].append(_values(per_image, ctx))
+                parts["unit"].append(self.cap[self.layer][:, self.units[i]].flatten(1).sum(1).double())
+                parts["log"].append(_log_values(per_image, ctx) if has_log else torch.zeros_like(parts["unit"][-1]))
+                parts["label"].append(out.argmax(1))
+                self.steps.advance(len(windows))
+            for key in new:
+                new[key].append(torch.stack(parts[key]))
+        offset = self.values["target"].shape[1]
+        for key in new:
+            self.values[key] = torch.cat([self.values[key], *new[key]], 1)
+        self.done.update((p, offset + j) for j, p in enumerate(places))
+
+    def maps(self, stride: int) -> dict[str, Any]:
+        h, w = size = tuple(self.images.shape[-2:])
+        ys, xs = positions(h, self.mask_size, stride), positions(w, self.mask_size, stride)
+        device = self.images.device
+        places = [(y, x) for y in ys for x in xs]
+        self._compute([p for p in places if p not in self.done])
+        b = len(self.images)
+        rows = [self.done[p] for p in places]
+        grids = {key: torch.stack([self.values[key][:, r] for r in rows], 1) for key in ("target", "unit", "log")}
+        labels = torch.stack([self.values["label"][:, r] for r in rows], 1)
+        sums = torch.zeros(b, h, w, dtype=torch.float64, device=device)
+        counts = torch.zeros(h, w, dtype=torch.float64, device=device)
+        starts = torch.tensor(places, device=device)
+        for start in range(0, len(places), self.batch_size):  # the window-mean map, in bounded memory
+            windows = _windows(starts[start:start + self.batch_size], self.mask_size, size).double()
+            counts += windows.sum(0)
+            sums += torch.einsum("bk,khw->bhw", grids["target"][:, start:start + self.batch_size], windows)
+        has_log = isinstance(self.objective, Prob)
         shape = (b, len(ys), len(xs))
         wy, wx = _between_centres(ys, self.mask_size, h, device), _between_centres(xs, self.mask_size, w, device)
 
@@ -224,7 +261,7 @@ class _Run:
             """Per pixel, the value with the mask centred there (linear between the positions' centres)."""
             return torch.einsum("hy,byx,wx->bhw", wy, grid.view(shape).double(), wx)
 
-        mean_map = sums["map"] / counts.clamp(min=1)
+        mean_map = sums / counts.clamp(min=1)
         if not bool((counts > 0).all()):  # stride > mask_size: pixels no window covers take the nearest one
             mean_map = torch.where(counts > 0, mean_map, _nearest(grids["target"].view(shape), ys, xs,
                                                                   self.mask_size, size))

@@ -1,0 +1,62 @@
+"""Occlusion: bounded memory, streaming coarse to fine at no extra cost (issue 6, part 5)."""
+
+from __future__ import annotations
+
+import threading
+
+import psutil
+import torch
+
+import cnnlens as cl
+
+from .conftest import random_model
+
+
+def test_streaming_hands_over_coarser_maps_first_and_costs_no_extra_forward():
+    model = random_model("resnet18")
+    x = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(0))
+    totals, partials = [], []
+    final = cl.occlusion(model, x, 1, mask_size=24, stride=8, progress=lambda done, total: totals.append(total),
+                         partial=partials.append)
+    alone = cl.occlusion(model, x, 1, mask_size=24, stride=8)
+    torch.testing.assert_close(final.map, alone.map)
+    strides = [p.params["stride"] for p in partials]
+    assert strides == sorted(strides, reverse=True) and len(strides) >= 2 and all(s > 8 for s in strides)
+    assert set(totals) == {10 * 10}  # only the final grid's positions are ever computed
+    coarse = partials[0]
+    ys, xs = coarse.positions
+    assert len(ys) == 2 and len(xs) == 2
+    assert coarse.map.shape == final.map.shape
+
+
+def _peak_rss_during(fn) -> tuple[float, object]:
+    process = psutil.Process()
+    base = process.memory_info().rss
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            done.wait(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        thread.join()
+    return (peak[0] - base) / 2**20, result
+
+
+def test_memory_is_bounded_by_the_batch_not_the_number_of_positions():
+    """160 px at stride 2 is 5,041 positions: storing a window per position would take over 1 GB."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3),
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 3)).eval()
+    x = torch.rand(3, 160, 160, generator=torch.Generator().manual_seed(0))
+    grown, result = _peak_rss_during(lambda: cl.occlusion(model, x, mask_size=20, stride=2, batch_size=32))
+    assert result.raw.shape == (71, 71)
+    assert grown < 250, f"occlusion grew the process by {grown:.0f} MB"
