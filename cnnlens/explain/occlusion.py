@@ -155,6 +155,18 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
         return result
 
 
+def interactive_defaults(size: tuple[int, int], seconds_per_forward: float, budget: float = 9.0
+                         ) -> tuple[int, int]:
+    """``(mask_size, stride)`` for a live view: the mask a quarter of the image side, and the stride
+    that keeps the number of positions (at most 13 per side, at least 4) within ``budget`` seconds of
+    forwards, so a large image or a slow model still gives its map in seconds."""
+    side = min(size)
+    mask = max(side // 4, 1)
+    per_side = int((budget / max(seconds_per_forward, 1e-6)) ** 0.5)
+    per_side = max(4, min(13, per_side, side - mask + 1))
+    return mask, max(1, -(-(side - mask) // max(per_side - 1, 1)))
+
+
 def _passes(size: tuple[int, int], mask_size: int, stride: int) -> list[int]:
     """Strides from coarse to fine, each a multiple of ``stride`` (so its positions are among the final ones)."""
     span = min(size) - mask_size

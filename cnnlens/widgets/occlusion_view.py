@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ipywidgets as W
 import torch
 
-from ..explain.occlusion import MASK_VALUES, occlusion
+from ..core.session import look
+from ..explain.occlusion import MASK_VALUES, interactive_defaults, occlusion
 from .base import Images, View, class_names, spatial_layers
 from .panel import Panel
 
 
+def forward_seconds(model: torch.nn.Module, image: torch.Tensor) -> float:
+    """How long one forward of ``image`` takes (the second of two runs), to size the default job."""
+    with look(model) as session, torch.no_grad():
+        batch = session.prepare(image)
+        session.logits(batch.x)
+        start = time.perf_counter()
+        session.logits(batch.x)
+        return time.perf_counter() - start
+
+
 class OcclusionView(View):
     """Mask size, stride, mask value, target, layer and unit → probability, feature-map and label maps.
+
+    The default mask is a quarter of the image side and the default stride keeps the first job within
+    about 9 s of forwards (timed once on the first image), coarse maps first.
 
     The feature-map panel follows one unit of ``layer``; unit -1 (the default) picks the map with the
     largest total activation on the clean image, as Zeiler & Fergus do.
@@ -21,11 +36,13 @@ class OcclusionView(View):
 
     def __init__(self, model: torch.nn.Module, images: Any, index: W.IntSlider | None = None):
         images = images if isinstance(images, Images) else Images(images, model)
-        side = min(images[0][0].shape[-2:])
+        first = images[0][0]
+        side = min(first.shape[-2:])
+        mask, stride = interactive_defaults(tuple(first.shape[-2:]), forward_seconds(model, first))
         style = {"description_width": "initial"}
-        self.mask_size = W.IntSlider(value=max(side // 4, 1), min=1, max=side, description="mask size",
+        self.mask_size = W.IntSlider(value=mask, min=1, max=side, description="mask size",
                                      continuous_update=False, style=style)
-        self.stride = W.IntSlider(value=max(side // 16, 1), min=1, max=max(side // 2, 1), description="stride",
+        self.stride = W.IntSlider(value=stride, min=1, max=max(side // 2, stride), description="stride",
                                   continuous_update=False, style=style)
         self.mask_value = W.Dropdown(options=list(MASK_VALUES), value="gray", description="mask value")
         self.target = W.Dropdown(options=[("—", 0)], description="target")
