@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ _SIZE_ERRORS = ("mat1 and mat2 shapes cannot be multiplied", "Calculated padded 
 
 _TABLES: weakref.WeakKeyDictionary[nn.Module, OrderedDict[tuple[int, int], list[LayerInfo]]] = \
     weakref.WeakKeyDictionary()
+_PROBE_SECONDS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], float]] = weakref.WeakKeyDictionary()
 MAX_TABLES = 8  # layer tables kept per model (one per input size, least recently used dropped)
 
 
@@ -163,10 +165,17 @@ class Session:
             tables.move_to_end(size)
         else:
             probe = torch.full((1, self.channels or 3, *size), 0.5, device=self.device, dtype=self.dtype)
+            start = time.perf_counter()
             tables[size] = probe_layers(self.net, self.raw_forward, probe)
+            _PROBE_SECONDS.setdefault(self._shared, {})[size] = time.perf_counter() - start
             while len(tables) > MAX_TABLES:
                 tables.popitem(last=False)
         return tables[size]
+
+    def probe_seconds(self, size: tuple[int, int]) -> float:
+        """How long the layer-table probe forward took at ``size`` (an upper bound of one forward's time)."""
+        self.layers(size)
+        return _PROBE_SECONDS.get(self._shared, {}).get(tuple(size), 0.0)
 
     def layer(self, name: str | nn.Module | None, size: tuple[int, int], *, spatial: bool = True,
               argument: str = "layer") -> LayerInfo:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import ipywidgets as W
@@ -15,20 +14,17 @@ from .panel import Panel
 
 
 def forward_seconds(model: torch.nn.Module, image: torch.Tensor) -> float:
-    """How long one forward of ``image`` takes (the second of two runs), to size the default job."""
-    with look(model) as session, torch.no_grad():
-        batch = session.prepare(image)
-        session.logits(batch.x)
-        start = time.perf_counter()
-        session.logits(batch.x)
-        return time.perf_counter() - start
+    """About how long one forward of ``image`` takes: the layer-table probe's time (no extra forward; the
+    probe tracks receptive fields too, so it errs on the slow, safe side)."""
+    with look(model) as session:
+        return session.probe_seconds(tuple(session.prepare(image).x.shape[-2:]))
 
 
 class OcclusionView(View):
     """Mask size, stride, mask value, target, layer and unit → probability, feature-map and label maps.
 
     The default mask is a quarter of the image side and the default stride keeps the first job within
-    about 9 s of forwards (timed once on the first image), coarse maps first.
+    about 9 s of forwards (timed by the layer-table probe), coarse maps first.
 
     The feature-map panel follows one unit of ``layer``; unit -1 (the default) picks the map with the
     largest total activation on the clean image, as Zeiler & Fergus do.
