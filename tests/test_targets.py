@@ -118,3 +118,26 @@ def test_layer_accepts_a_module_object():
     assert cl.occlusion(model, X[0], 1, layer=model.layer2, mask_size=32, stride=32).layer == "layer2"
     with pytest.raises(ValueError, match="not a module of this model"):
         cl.gradcam(model, X, 1, layer=nn.Conv2d(3, 3, 1))
+
+
+def test_new_input_sizes_cost_no_probe_forward_and_the_layer_table_cache_is_bounded():
+    from cnnlens.core.session import _TABLES, MAX_TABLES
+    from cnnlens.core.shadow import shadow
+
+    class Counting(nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            type(self).calls += 1
+            return x
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), Counting(), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 4)).eval()
+    for side in range(20, 32):
+        before = Counting.calls
+        cl.saliency(model, torch.rand(3, side, side), "3:1")
+        cl.saliency(model, torch.rand(3, side, side), 2)
+        assert Counting.calls - before == 2, "a probe forward ran for a new size"
+    for side in range(20, 40):
+        cl.gradcam(model, torch.rand(3, side, side), 1)  # needs the table (the last spatial layer): probed
+    assert len(_TABLES[shadow(model)]) <= MAX_TABLES

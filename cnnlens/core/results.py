@@ -43,22 +43,47 @@ class Explanation:
             return extras[name]
         raise AttributeError(f"Explanation of {self.__dict__.get('method')!r} has no attribute {name!r}.")
 
-    def figure(self, image: torch.Tensor | None = None, cmap: str = "magma", alpha: float = 0.55):
-        """A matplotlib figure of the map (over ``image`` when given). Imports matplotlib lazily."""
+    def figure(self, image: Any = None, cmap: str = "magma", alpha: float = 0.55, *, figure: Any = None):
+        """A matplotlib figure of the map, over ``image`` when given (a tensor, numpy array, PIL image or
+        path, one per map for a batch). Imports matplotlib lazily; draws into ``figure`` when given."""
         import matplotlib.figure
 
+        from .images import to_batch
+
         maps = self.map if self.map.dim() == 3 else self.map[None]
-        fig = matplotlib.figure.Figure(figsize=(3 * len(maps), 3))
+        images = None
+        if image is not None:
+            images = to_batch(image, channels=None, size=None, device=torch.device("cpu"), dtype=torch.float32).x
+            if len(images) != len(maps):
+                raise ValueError(f"image: {len(images)} image(s) for {len(maps)} map(s).")
+        fig = figure if figure is not None else matplotlib.figure.Figure()
+        fig.set_size_inches(3 * len(maps), 3)
         for i, m in enumerate(maps):
             ax = fig.add_subplot(1, len(maps), i + 1)
-            if image is not None:
-                img = image if image.dim() == 3 else image[i]
-                ax.imshow(img.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
-            ax.imshow(m.cpu().numpy(), cmap=cmap, alpha=alpha if image is not None else 1.0)
+            if images is not None:
+                img = images[i][:3] if images[i].shape[0] >= 3 else images[i][:1].expand(3, -1, -1)
+                ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), extent=(0, m.shape[1], m.shape[0], 0))
+            ax.imshow(m.float().cpu().numpy(), cmap=cmap, alpha=alpha if images is not None else 1.0)
             ax.set_title(f"{self.method} · {self.target}", fontsize=8)
             ax.axis("off")
         return fig
 
-    def show(self, image: torch.Tensor | None = None, **kwargs: Any):
-        """Display :meth:`figure` (in a notebook the figure renders inline)."""
-        return self.figure(image, **kwargs)
+    def show(self, image: Any = None, **kwargs: Any):
+        """Display the figure: inline in a notebook, in a window (``pyplot.show``) in a plain script."""
+        try:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+        except ImportError:
+            shell = None
+        if shell is not None and "IPKernelApp" in getattr(shell, "config", {}):
+            from IPython.display import display
+
+            fig = self.figure(image, **kwargs)
+            display(fig)
+            return fig
+        import matplotlib.pyplot as plt
+
+        fig = self.figure(image, figure=plt.figure(), **kwargs)
+        plt.show()
+        return fig

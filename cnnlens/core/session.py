@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -70,6 +71,24 @@ def select_output(out: Any, selector: Any) -> torch.Tensor:
     return out[selector]
 
 
+class InputRangeWarning(UserWarning):
+    """The input's values do not look like [0, 1] images."""
+
+
+def warn_if_out_of_range(x: torch.Tensor, normalizes: bool) -> None:
+    """Warn about inputs that look already normalized (negative values) or scaled to 0–255."""
+    low, high = (float(v) for v in torch.aminmax(x.detach()))
+    if low < -0.05:
+        twice = ("cnnlens normalizes with the mean/std given to configure(), so this input would be normalized "
+                 "twice" if normalizes else "cnnlens applies the model's normalization itself when you give "
+                 "configure(model, mean=..., std=...)")
+        warnings.warn(f"x has negative values (min {low:.3g}) and looks already normalized; cnnlens expects images "
+                      f"in [0, 1] and {twice}. Pass the unnormalized image.", InputRangeWarning, stacklevel=4)
+    elif high > 1.5:
+        warnings.warn(f"x has values up to {high:.3g}; cnnlens expects images in [0, 1] (uint8 images are scaled "
+                      "for you). Divide a float image in 0–255 by 255.", InputRangeWarning, stacklevel=4)
+
+
 class Session:
     """A model seen through cnnlens: ``net`` is what runs (the shadow, or the guarded model itself)."""
 
@@ -93,8 +112,11 @@ class Session:
     # --- input and output ---------------------------------------------------------------------
 
     def prepare(self, x: Any) -> Batch:
-        """Any image input → a :class:`Batch` at the model's size, on its device."""
-        return to_batch(x, channels=self.channels, size=self.spec.input_size, device=self.device, dtype=self.dtype)
+        """Any image input → a :class:`Batch` at the model's size, on its device (a warning when its values do
+        not look like [0, 1] images)."""
+        batch = to_batch(x, channels=self.channels, size=self.spec.input_size, device=self.device, dtype=self.dtype)
+        warn_if_out_of_range(batch.x, self.spec.mean is not None)
+        return batch
 
     def raw_forward(self, x: torch.Tensor) -> Any:
         """The network's own output for [0, 1] images ``x`` (normalized first when the spec says so)."""
@@ -111,16 +133,24 @@ class Session:
 
     def run(self, x: torch.Tensor, objective: Objective, cap: Capture, also: tuple[str, ...] = ()
             ) -> torch.Tensor | None:
-        """One forward for ``objective``: its logits when it needs them; otherwise the forward stops after the
-        deepest layer the objective reads (a backbone with no class head works, and it costs less)."""
+        """One forward for ``objective``: its logits when it needs them; otherwise the network's output is not
+        read (a backbone with no class head works) and, when the layer table for this size is known, the
+        forward stops after the last call of the deepest layer the objective reads."""
         if objective.needs_logits or not objective.layers:
             return self.logits(x)
-        table = {info.name: info.calls for info in self.layers(tuple(x.shape[-2:]))}
-        cap.stop_when_recorded({name: table.get(name, 1) for name in objective.layers | set(also)})
+        needed = objective.layers | set(also)
+        tables = _TABLES.get(self._shared, {})
+        table = tables.get(tuple(x.shape[-2:]))
+        if table is not None:
+            calls = {info.name: info.calls for info in table}
+            cap.stop_when_recorded({name: calls.get(name, 1) for name in needed})
         try:
             self.raw_forward(x)
         except StopForward:
             pass
+        except Exception:  # noqa: BLE001 - past the layers it needs, the objective does not read the network
+            if not needed <= cap.activations.keys():
+                raise
         finally:
             cap.stop_after = None
         return None
@@ -176,6 +206,12 @@ class Session:
         """How long the layer-table probe forward took at ``size`` (an upper bound of one forward's time)."""
         self.layers(size)
         return _PROBE_SECONDS.get(self._shared, {}).get(tuple(size), 0.0)
+
+    def check_layer_name(self, name: str, argument: str = "target layer") -> None:
+        """A ValueError listing the layers when ``name`` is not a module of the model (no probe forward)."""
+        names = [n for n in named_modules(self.net) if n]
+        if name not in names:
+            find_layer([LayerInfo(n, "", (), None, 0, None) for n in names], name, argument=argument)
 
     def layer(self, name: str | nn.Module | None, size: tuple[int, int], *, spatial: bool = True,
               argument: str = "layer") -> LayerInfo:

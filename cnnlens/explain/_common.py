@@ -23,7 +23,10 @@ def objective_for(session: Session, target: Any, size: tuple[int, int]) -> Objec
     """The target as an Objective, with every layer it names checked against the model."""
     objective = as_objective(target, session.spec.classes)
     for name in objective.layers:
-        session.layer(name, size, spatial=False, argument="target layer")
+        if session.is_shadow:
+            session.check_layer_name(name)
+        else:
+            session.layer(name, size, spatial=False, argument="target layer")  # the TorchScript error
     return objective
 
 
