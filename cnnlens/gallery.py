@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from . import zoo
-from .core.images import colorize, label_colors, overlay, to_uint8
+from .core.display import colorize, label_colors, overlay, to_uint8
 from .explain import METHODS
 
 SCALE = 3  # 64-pixel images are shown 3× larger, pixelated

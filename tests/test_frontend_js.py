@@ -16,7 +16,7 @@ def test_js_helpers():
 
 
 def test_python_and_js_colormaps_agree():
-    from cnnlens.core.images import COLORMAPS
+    from cnnlens.core.display import COLORMAPS
 
     source = (JS / "colormaps.js").read_text()
     block = source[source.index("const STOPS"):source.index("};")]

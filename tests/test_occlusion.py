@@ -60,3 +60,14 @@ def test_memory_is_bounded_by_the_batch_not_the_number_of_positions():
     grown, result = _peak_rss_during(lambda: cl.occlusion(model, x, mask_size=20, stride=2, batch_size=32))
     assert result.raw.shape == (71, 71)
     assert grown < 250, f"occlusion grew the process by {grown:.0f} MB"
+
+
+def test_smoothgrad_streams_its_running_mean_and_ends_where_it_would_without_streaming():
+    model = random_model("resnet18")
+    x = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(2))
+    partials = []
+    final = cl.smoothgrad(model, x, 1, samples=10, batch_size=4, seed=0, partial=partials.append)
+    alone = cl.smoothgrad(model, x, 1, samples=10, batch_size=4, seed=0)
+    torch.testing.assert_close(final.map, alone.map)
+    assert [p.params["samples"] for p in partials] == [4, 8]
+    assert not torch.equal(partials[0].map, final.map)

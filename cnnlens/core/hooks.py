@@ -18,7 +18,7 @@ the network below it runs at inference cost.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -52,17 +52,41 @@ class Capture:
 
 
 @contextmanager
+def tensor_output_hooks(modules: Mapping[str, nn.Module], record: Callable[[str, nn.Module, torch.Tensor], Any]
+                        ) -> Iterator[None]:
+    """Call ``record(name, module, output)`` for every tensor output of ``modules`` in this thread's forwards.
+
+    The one way cnnlens hooks a (shadow) net, for probing and capturing alike: other threads' forwards on the
+    same shared shadow are ignored, ``record``'s return value replaces the output as in a forward hook, and
+    every handle is removed on exit, whatever happened.
+    """
+    owner = threading.get_ident()
+    handles = []
+
+    def hook_for(name: str) -> Callable[[nn.Module, Any, Any], Any]:
+        def hook(module: nn.Module, _inputs: Any, output: Any) -> Any:
+            if not isinstance(output, torch.Tensor) or threading.get_ident() != owner:
+                return None
+            return record(name, module, output)
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(hook_for(name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def capture(net: nn.Module, names: Iterable[str], stop_below: str | None = None) -> Iterator[Capture]:
     """Record the outputs of ``names`` in ``net`` during forwards run inside the block."""
     store = Capture()
-    handles = []
     names = set(names) | ({stop_below} if stop_below else set())
     grad_mode = torch.is_grad_enabled()
-    owner = threading.get_ident()
 
-    def hook(name: str, _module: nn.Module, _inputs: Any, output: Any) -> Any:
-        if not isinstance(output, torch.Tensor) or threading.get_ident() != owner:
-            return None
+    def record(name: str, _module: nn.Module, output: torch.Tensor) -> torch.Tensor:
         if name == stop_below:
             torch.set_grad_enabled(True)
             output = output.detach().requires_grad_(True)
@@ -76,14 +100,10 @@ def capture(net: nn.Module, names: Iterable[str], stop_below: str | None = None)
 
     modules = named_modules(net)
     try:
-        for name in names:
-            module = modules[name]
-            handles.append(module.register_forward_hook(lambda m, i, o, name=name: hook(name, m, i, o)))
-        if stop_below is not None:
-            torch.set_grad_enabled(False)
-        yield store
+        with tensor_output_hooks({name: modules[name] for name in names}, record):
+            if stop_below is not None:
+                torch.set_grad_enabled(False)
+            yield store
     finally:
         torch.set_grad_enabled(grad_mode)
-        for handle in handles:
-            handle.remove()
         store.activations.clear()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -280,38 +279,28 @@ def probe_layers(net: nn.Module, forward: Callable[[torch.Tensor], Any], x: torc
     A forward that fails part-way (a head that does not take this size, say) still describes the layers that
     ran before the failure; the method's own forward reports the error when it needs the rest.
     """
-    from .shadow import named_modules  # shadow.py imports this module
+    from .hooks import tensor_output_hooks  # hooks.py and shadow.py import this module
+    from .shadow import named_modules
 
     mode = _ReceptiveFieldMode()
     seen: dict[str, dict[str, Any]] = {}
-    handles = []
     h, w = x.shape[-2:]
 
-    owner = threading.get_ident()
-
-    def record(name: str, module: nn.Module, _inputs: Any, output: Any) -> None:
-        if not isinstance(output, torch.Tensor) or threading.get_ident() != owner:
-            return  # another thread's forward on the same shadow
+    def record(name: str, module: nn.Module, output: torch.Tensor) -> None:
         entry = seen.pop(name, {"calls": 0})  # re-insert: order = last completion
         rf = mode.field(output)
         entry.update(calls=entry["calls"] + 1, kind=type(module).__name__, shape=tuple(output.shape[1:]),
                      rf=rf if isinstance(rf, _RF) and mode.grid_last(output) else None)
         seen[name] = entry
 
-    try:
-        for name, module in named_modules(net).items():
-            if name:
-                handles.append(module.register_forward_hook(lambda m, i, o, name=name: record(name, m, i, o)))
+    modules = {name: module for name, module in named_modules(net).items() if name}
+    with tensor_output_hooks(modules, record), torch.no_grad(), mode:
         x = x.detach()
-        with torch.no_grad(), mode:
-            mode.label(x, _RF((1, 1), (1, 1), (0, 0)))
-            try:
-                forward(x)
-            except Exception:  # noqa: BLE001 - the layers that ran are described; a real call shows the error
-                pass
-    finally:
-        for handle in handles:
-            handle.remove()
+        mode.label(x, _RF((1, 1), (1, 1), (0, 0)))
+        try:
+            forward(x)
+        except Exception:  # noqa: BLE001 - the layers that ran are described; a real call shows the error
+            pass
     table = []
     for name, e in seen.items():
         rf = e["rf"]

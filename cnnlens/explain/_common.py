@@ -110,12 +110,13 @@ def explanation(session: Session, batch: Batch, maps: torch.Tensor, raw: torch.T
 
 
 def summed_gradients(session: Session, points: torch.Tensor, objective: Objective, weights: torch.Tensor,
-                     batch_size: int, steps: Steps, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
-                     ) -> torch.Tensor:
+                     batch_size: int, steps: Steps, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     after_chunk: Callable[[torch.Tensor, int], None] | None = None) -> torch.Tensor:
     """Σ_s weights[s] · transform(d objective / d x) at ``points[s]`` (S×B×C×H×W).
 
     Gradients are taken in chunks of about ``batch_size`` images; each chunk
-    advances ``steps`` (progress and cancellation) by its number of points.
+    advances ``steps`` (progress and cancellation) by its number of points, and
+    ``after_chunk(total so far, points done)`` sees every chunk but the last.
     """
     n_points, b = points.shape[:2]
     per_chunk = max(batch_size // b, 1)
@@ -129,4 +130,6 @@ def summed_gradients(session: Session, points: torch.Tensor, objective: Objectiv
         w = weights[start:start + k].to(grad).view(k, 1, *([1] * (grad.dim() - 1)))
         total += (grad.view(k, b, *grad.shape[1:]) * w).sum(0)
         steps.advance(k)
+        if after_chunk is not None and start + k < n_points:
+            after_chunk(total, start + k)
     return total

@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..core.images import gaussian_blur, to_uint8
+from ..core.display import to_uint8
+from ..core.images import gaussian_blur
 from ..core.objectives import Context, Logit
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation

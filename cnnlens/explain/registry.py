@@ -61,7 +61,7 @@ class MethodInfo:
 METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("saliency", "Gradient saliency", saliency, "max |∂score/∂pixel| over colour channels"),
     MethodInfo("smoothgrad", "SmoothGrad", smoothgrad, "saliency averaged over noisy copies", long_running=True,
-               seeded=True,
+               seeded=True, streams=True,  # the mean over the samples so far, after every batch
                controls=(Control("noise", "float", 0.15, 0.0, 0.5, 0.01), Control("samples", "int", 25, 1, 200, 1))),
     MethodInfo("integrated_gradients", "Integrated Gradients", integrated_gradients,
                "gradients integrated from a black baseline", signed=True, long_running=True,

@@ -8,6 +8,7 @@ global RNG is never touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,8 +22,13 @@ from ._common import clean_logits, explanation, generator, objective_for, positi
 @redone_when_weights_move
 def smoothgrad(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 25, noise: float = 0.15,
                absolute: bool = True, batch_size: int = 64, seed: int | None = None,
-               progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> Explanation:
-    """Mean of |d target / d x| (or signed, ``absolute=False``) over ``samples`` noisy copies of ``x``."""
+               progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+               partial: Callable[[Explanation], None] | None = None) -> Explanation:
+    """Mean of |d target / d x| (or signed, ``absolute=False``) over ``samples`` noisy copies of ``x``.
+
+    ``partial`` is called after every chunk of ``batch_size`` images but the last with the mean over the
+    samples drawn so far (the final result is the same as without it).
+    """
     samples = positive_int(samples, "samples")
     batch_size = positive_int(batch_size, "batch_size")
     if not isinstance(noise, (int, float)) or noise < 0:
@@ -38,8 +44,16 @@ def smoothgrad(model: torch.nn.Module, x: Any, target: Any = None, *, samples: i
         eps = torch.randn((samples, *batch.x.shape), generator=gen, device=batch.x.device, dtype=batch.x.dtype)
         points = batch.x[None] + eps * (noise * span)[None]
         weights = torch.full((samples,), 1.0 / samples)
-        raw = summed_gradients(s, points, objective, weights, batch_size, steps, torch.abs if absolute else None)
         params = {"samples": samples, "noise": noise, "absolute": absolute, "seed": seed}
-        return explanation(s, batch, raw.abs().amax(1), raw, method="smoothgrad", objective=objective,
-                           layer=None, params=params, logits=logits)
+
+        def result(raw: torch.Tensor, drawn: int) -> Explanation:
+            return explanation(s, batch, raw.abs().amax(1), raw, method="smoothgrad", objective=objective,
+                               layer=None, params=dict(params, samples=drawn), logits=logits)
+
+        def stream(total: torch.Tensor, drawn: int) -> None:
+            partial(result(total * (samples / drawn), drawn))
+
+        raw = summed_gradients(s, points, objective, weights, batch_size, steps, torch.abs if absolute else None,
+                               after_chunk=stream if partial is not None else None)
+        return result(raw, samples)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipywidgets as W
 import torch
 
-from ..core.images import COLORMAPS
+from ..core.display import COLORMAPS
 from ..explain.registry import Control
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import traitlets
 
-from ..core.images import label_colors, to_uint8
+from ..core.display import label_colors, to_uint8
 
 STATIC = Path(__file__).parent.parent / "static"
 KINDS = ("heatmap", "image", "labels", "grid", "bars")
