@@ -344,8 +344,11 @@ def _train(model: nn.Module, steps: int, looking=None) -> tuple[dict, list[BaseE
 
 
 def test_looking_while_another_thread_trains_never_fails_and_never_changes_the_training():
+    from cnnlens.widgets import AttributionView
+
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     calls = [0]
+    views: list = []
 
     def looking():
         calls[0] += 1
@@ -354,6 +357,12 @@ def test_looking_while_another_thread_trains_never_fails_and_never_changes_the_t
         cl.smoothgrad(model, x[0], 2, samples=4, seed=0)
         cl.occlusion(model, x[0], 0, mask_size=16, stride=8)
         cl.integrated_gradients(model, x[0], "b2.0:3", steps=4)
+        if not views:
+            views.append(AttributionView(model, x))
+        view = views[0]
+        view.method.value = ("gradcam", "saliency", "integrated_gradients")[calls[0] % 3]
+        view.index.value = calls[0] % 2
+        assert view.wait(60) and view.runner.last_error is None, view.runner.last_error
 
     torch.manual_seed(0)
     model = PlainList()
@@ -361,8 +370,51 @@ def test_looking_while_another_thread_trains_never_fails_and_never_changes_the_t
     torch.manual_seed(0)
     model = PlainList()
     watched, errors = _train(model, 220, looking)
+    for view in views:
+        view.close()
     assert errors == [], f"{len(errors)} errors while training, first: {errors[:1]}"
     assert calls[0] >= 5
     assert alone.keys() == watched.keys()
     for key in alone:
         assert torch.equal(alone[key], watched[key]), f"{key} differs from the run without cnnlens"
+
+
+def test_two_threads_looking_while_a_plain_attribute_changes_see_one_value_or_the_other():
+    """The shadow's attribute mirror is refreshed under a lock: concurrent looks never see a half-made shadow."""
+    import threading
+
+    class Tempered(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(block(3, 8), block(8, 8))
+            self.head = Head()
+            self.temperature = 1.0
+            self.extra = [1]
+
+        def forward(self, x):
+            return self.head(self.body(x)) / self.temperature * len(self.extra)
+
+    model = Tempered().eval()
+    expected = {}
+    for t in (1.0, 4.0):
+        model.temperature = t
+        expected[t] = cl.saliency(model, X, 0).map
+    errors, results = [], []
+
+    def look():
+        try:
+            for _ in range(30):
+                results.append(cl.saliency(model, X, 0).map)
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=look) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for i in range(200):
+        model.temperature = (1.0, 4.0)[i % 2]
+        model.extra = [1]  # a new list object each time: translated anew at every look
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:1]
+    assert all(any(torch.equal(r, e) for e in expected.values()) for r in results)
