@@ -418,3 +418,42 @@ def test_two_threads_looking_while_a_plain_attribute_changes_see_one_value_or_th
         thread.join()
     assert not errors, errors[:1]
     assert all(any(torch.equal(r, e) for e in expected.values()) for r in results)
+
+
+def test_a_module_held_by_the_class_is_shadowed_and_one_called_from_a_global_is_refused():
+    class ClassLevel(nn.Module):
+        shared = block(8, 8)
+
+        def __init__(self):
+            super().__init__()
+            self.stem = block(3, 8)
+            self.head = Head()
+
+        def forward(self, x):
+            return self.head(self.shared(self.stem(x)))
+
+    model = ClassLevel().train()
+    ClassLevel.shared.train()
+    fired = []
+    handle = ClassLevel.shared[0].register_forward_hook(lambda *a: fired.append(1))
+    stats = ClassLevel.shared[1].running_mean.clone()
+    try:
+        cl.saliency(model, X, 0)
+        assert not fired and torch.equal(stats, ClassLevel.shared[1].running_mean)
+    finally:
+        handle.remove()
+
+    class CallsGlobal(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = Head()
+
+        def forward(self, x):
+            return self.head(GLOBAL_STEM(x))  # noqa: F821 - a global defined below
+
+    globals()["GLOBAL_STEM"] = block(3, 8)
+    try:
+        with pytest.raises(ShadowError, match=r"CallsGlobal\.forward.*GLOBAL_STEM"):
+            cl.saliency(CallsGlobal(), X, 0)
+    finally:
+        del globals()["GLOBAL_STEM"]

@@ -148,6 +148,7 @@ class _Builder:
 
     def module(self, module: nn.Module) -> nn.Module:
         module = _inner(module)
+        _check_forward_globals(type(module))
         clone = self.memo.get(id(module))
         if clone is not None:  # a module used in two places stays one module in the shadow
             return clone
@@ -263,6 +264,38 @@ class _Builder:
 _EMPTY = object()
 
 
+def _class_modules(cls: type) -> list[tuple[str, nn.Module]]:
+    """Modules stored as class attributes (``class Net: shared = nn.Linear(...)``), which every instance reads."""
+    found: dict[str, nn.Module] = {}
+    for klass in reversed(cls.__mro__):
+        if klass.__module__.startswith("torch."):
+            continue
+        for key, value in vars(klass).items():
+            if isinstance(value, nn.Module):
+                found[key] = value
+    return list(found.items())
+
+
+def _check_forward_globals(cls: type) -> None:
+    """Refuse a module class whose ``forward`` calls a module held in a global variable: the shadow cannot
+    redirect that call, so looking would run (and could change) the user's module."""
+    if cls in _CHECKED_CLASSES:
+        return
+    forward = getattr(cls, "forward", None)
+    if not isinstance(forward, types.FunctionType) or cls.__module__.startswith("torch."):
+        _CHECKED_CLASSES.add(cls)
+        return
+    for name in _global_names(forward.__code__):
+        if isinstance(forward.__globals__.get(name), nn.Module):
+            raise ShadowError(f"cnnlens cannot isolate {cls.__name__}.forward: it calls the module in the global "
+                              f"variable {name!r}, so looking would run the user's module itself. Store the "
+                              "module as an attribute (self.name = module) or pass it in as an argument.")
+    _CHECKED_CLASSES.add(cls)
+
+
+_CHECKED_CLASSES: weakref.WeakSet[type] = weakref.WeakSet()
+
+
 def _global_names(code: types.CodeType) -> set[str]:
     names = set(code.co_names)
     for const in code.co_consts:
@@ -365,6 +398,9 @@ class _Mirror:
             (plain if translated is value else derived).append(key)
         for key in [k for k in mirror if _plain(k) and k not in state]:
             del mirror[key]
+        for key, value in _class_modules(type(self.clone)):  # modules held by the class, not the instance
+            if key not in state and key not in self.clone._modules:
+                mirror[key] = builder.translate(value, f"{type(self.clone).__name__}.{key}")
         self.keys = tuple(plain) if len(plain) != 1 else tuple(plain) * 2  # itemgetter of one key: a bare value
         self.values = operator.itemgetter(*self.keys) if plain else None
         self.derived = tuple(derived)
