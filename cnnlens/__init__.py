@@ -10,7 +10,7 @@ from . import zoo
 from .core.model import InputSpec, LayerInfo, configure
 from .core.objectives import Objective, channel, direction, logit, neuron, predicted, prob
 from .core.progress import Cancelled, CancelToken
-from .core.results import Explanation, Prediction
+from .core.results import Explanation, Prediction, Synthesis
 from .core.session import layers
 from .explain import (
     METHODS,
@@ -25,6 +25,7 @@ from .explain import (
     saliency,
     smoothgrad,
 )
+from .synthesize import alpha_norm, l1, l2, total_variation, visualize
 
 __version__ = "0.1.0"
 
@@ -40,7 +41,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "METHODS", "CancelToken", "Cancelled", "Explanation", "InputSpec", "LayerInfo", "Lens", "Objective", "Prediction",
-    "demo",
+    "Synthesis", "alpha_norm", "demo", "l1", "l2", "total_variation", "visualize",
     "cam", "channel", "configure", "deconvnet", "direction", "gradcam", "guided_backprop", "input_x_gradient",
     "integrated_gradients", "layers", "lime", "logit", "neuron", "occlusion", "predicted", "prob", "saliency",
     "smoothgrad", "zoo",

@@ -87,3 +87,39 @@ class Explanation:
         fig = self.figure(image, figure=plt.figure(), **kwargs)
         plt.show()
         return fig
+
+
+@dataclass
+class Synthesis:
+    """Images a model was optimized to respond to.
+
+    ``images`` is N×C×H×W in [0, 1] (one per target and start, in that
+    order); ``history`` the objective's value per step (steps×N);
+    ``predictions`` the model's top classes on each image; ``confidence``
+    the model's probability of the target class on each image, for class
+    targets (None otherwise); ``target`` one description per image.
+    """
+
+    images: torch.Tensor
+    history: torch.Tensor
+    predictions: list
+    target: list[str]
+    params: dict[str, Any]
+    confidence: torch.Tensor | None = None
+
+    def figure(self, columns: int = 8):
+        """A matplotlib figure with every image and its target (and confidence). Imports matplotlib lazily."""
+        import matplotlib.figure
+
+        n = len(self.images)
+        cols = min(columns, n)
+        rows = -(-n // cols)
+        fig = matplotlib.figure.Figure(figsize=(2 * cols, 2.2 * rows))
+        for i, image in enumerate(self.images):
+            ax = fig.add_subplot(rows, cols, i + 1)
+            img = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
+            ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
+            title = self.target[i] + (f" · {float(self.confidence[i]):.0%}" if self.confidence is not None else "")
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+        return fig
