@@ -9,7 +9,11 @@ ReLUs all work; max-pool switches come from autograd for free.
 - guided backprop (Springenberg et al.): pass gradient where both the forward
   input was positive and the incoming gradient is positive;
 - DeconvNet (Zeiler & Fergus): rectify the backward signal, ignoring the
-  forward input.
+  forward input;
+- redirected (Lucid, for feature synthesis): the ordinary gradient, except
+  that an image whose gradient the ReLU blocks entirely (a unit dead at the
+  start of an optimization) gets the gradient that would raise the negative
+  inputs, so the optimization can wake it up.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-RULES = ("guided", "deconvnet")
+RULES = ("guided", "deconvnet", "redirected")
 
 
 class _Guided(torch.autograd.Function):
@@ -69,9 +73,46 @@ class _DeconvInPlace(torch.autograd.Function):
         return grad.clamp(min=0)
 
 
+def _redirected(out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The ReLU's gradient; for an image whose gradient is all zero there (a dead unit), the gradient that
+    would raise the inputs below zero instead (Lucid's redirected ReLU)."""
+    passed = grad * (out > 0)
+    magnitude = passed.flatten(1).norm(dim=1).view(-1, *([1] * (grad.dim() - 1)))
+    redirected = torch.where((out <= 0) & (grad < 0), torch.zeros_like(grad), grad)
+    return torch.where(magnitude > 0, passed, redirected)
+
+
+class _Redirected(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = x.clamp(min=0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return _redirected(out, grad)
+
+
+class _RedirectedInPlace(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.mark_dirty(x)
+        x.clamp_(min=0)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return _redirected(out, grad)
+
+
 _OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu}
 _IN_PLACE = {F.relu_, torch.relu_, torch.Tensor.relu_}
-_FUNCTIONS = {"guided": (_Guided, _GuidedInPlace), "deconvnet": (_Deconv, _DeconvInPlace)}
+_FUNCTIONS = {"guided": (_Guided, _GuidedInPlace), "deconvnet": (_Deconv, _DeconvInPlace),
+              "redirected": (_Redirected, _RedirectedInPlace)}
 
 
 class ReLURule(TorchFunctionMode):

@@ -19,8 +19,9 @@ _COLOR = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
 
 
 class PixelImage:
-    """Pixels in [0, 1]: ``init`` is ``"noise"`` (gray + small noise), ``"gray"``, ``"gray_noise"`` (the
-    Keras post's gray + uniform noise of 20/255) or a B×C×H×W tensor."""
+    """Pixels in [0, 1]: ``init`` is ``"noise"`` (gray + small noise), ``"uniform"`` (U[0, 1] noise, as Erhan
+    et al. start), ``"gray"``, ``"gray_noise"`` (the Keras post's gray + uniform noise of 20/255) or a
+    B×C×H×W tensor."""
 
     def __init__(self, shape: tuple[int, int, int, int], gen: torch.Generator, device: torch.device,
                  init: str | torch.Tensor = "noise"):
@@ -32,8 +33,10 @@ class PixelImage:
             start = 0.5 + torch.rand(shape, generator=gen) * (20 / 255) - 10 / 255
         elif init == "noise":
             start = 0.5 + 0.05 * torch.randn(shape, generator=gen)
+        elif init == "uniform":
+            start = torch.rand(shape, generator=gen)
         else:
-            raise ValueError(f"Unknown init {init!r}. Valid: noise, gray, gray_noise or a tensor.")
+            raise ValueError(f"Unknown init {init!r}. Valid: noise, uniform, gray, gray_noise or a tensor.")
         self.tensor = start.to(device).clamp(0, 1).requires_grad_(True)
 
     def parameters(self) -> list[torch.Tensor]:

@@ -3,7 +3,9 @@
 Each step: the parametrization makes the image, the transforms jitter it,
 the shadow network runs it (stopping after the deepest layer the objective
 reads), and the gradient of the per-image scores with respect to the
-parametrization's own tensors (never the model's) moves the image. Progress,
+parametrization's own tensors (never the model's) moves the image. ReLUs
+backpropagate with Lucid's redirected rule, so a unit that is silent on the
+starting image still gets a gradient. Progress,
 cancellation and partial images go through the same channels as every long
 method.
 """
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from ..core.hooks import capture
 from ..core.objectives import Context, Objective
 from ..core.progress import Steps
+from ..core.relu_rules import ReLURule
 from ..core.session import Session
 from .regularizers import StepRules
 from .transforms import Transform
@@ -56,7 +59,7 @@ def optimize(session: Session, param: Any, loop: Loop, counter: Steps,
             x = loop.transform(image) if loop.transform is not None else image
             if tuple(x.shape[-2:]) != loop.size:
                 x = F.interpolate(x, size=loop.size, mode="bilinear", align_corners=False)
-            with capture(session.net, loop.objective.layers | loop.extra_layers) as cap:
+            with capture(session.net, loop.objective.layers | loop.extra_layers) as cap, ReLURule("redirected"):
                 logits = session.run(x, loop.objective, cap, also=tuple(loop.extra_layers))
                 values = loop.score(Context(image, cap.activations, logits))
             grads = torch.autograd.grad(values.sum(), tensors)

@@ -1,0 +1,140 @@
+"""Feature synthesis: activation maximization, class visualization and fooling images (issue 7, part 1–2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import cnnlens as cl
+from cnnlens.core.hooks import capture
+from cnnlens.core.session import look
+
+from .conftest import assert_unchanged, random_model, snapshot
+from .test_invariants import MidTraining
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return cl.zoo.shapes()
+
+
+def _channel_means(model, images, layer):
+    with look(model) as s, torch.no_grad(), capture(s.net, [layer]) as cap:
+        s.logits(images)
+        return cap[layer].flatten(2).mean(2)
+
+
+def test_raw_ascent_beats_the_best_dataset_image_for_every_channel_of_the_last_stage(shapes):
+    model, data = shapes
+    channels = 128
+    best = _channel_means(model, data.images, "stage4").amax(0)
+    result = cl.visualize(model, [f"stage4:{c}" for c in range(channels)], preset="raw", steps=60, seed=0)
+    reached = _channel_means(model, result.images, "stage4")[torch.arange(channels), torch.arange(channels)]
+    assert bool((reached >= best - 1e-6).all()), torch.nonzero(reached < best).flatten().tolist()
+    assert result.history.shape == (60, channels)
+    assert bool((result.history[-1] > result.history[0]).any())
+
+
+def test_raw_class_visualizations_are_fooling_images(shapes):
+    """Nguyen et al. 2015: ≥ 99% confidence in every class from images that look like noise."""
+    model, data = shapes
+    result = cl.visualize(model, list(range(len(data.classes))), preset="raw", seed=0)
+    assert result.confidence is not None and bool((result.confidence >= 0.99).all()), result.confidence
+    assert [p[0].index for p in result.predictions] == list(range(len(data.classes)))
+    assert result.target[3] == "logit(3: star)"
+    by_name = cl.visualize(model, "star", preset="raw", seed=0, steps=20)
+    assert by_name.target == ["logit(3: star)"]
+
+
+def test_deterministic_for_a_seed_and_every_image_follows_its_own_target(shapes):
+    model, _ = shapes
+    a = cl.visualize(model, ["stage3:1", "stage3:2"], preset="lucid", steps=64, seed=3)
+    b = cl.visualize(model, ["stage3:1", "stage3:2"], preset="lucid", steps=64, seed=3)
+    c = cl.visualize(model, ["stage3:1", "stage3:2"], preset="lucid", steps=24, seed=4)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    acts = _channel_means(model, a.images, "stage3")
+    assert acts[0, 1] > acts[1, 1] and acts[1, 2] > acts[0, 2]  # each image excites its own unit more
+
+
+def test_starts_and_diversity(shapes):
+    model, _ = shapes
+    plain = cl.visualize(model, "stage3:4", preset="lucid", steps=32, starts=3, seed=0)
+    diverse = cl.visualize(model, "stage3:4", preset="lucid", steps=32, starts=3, seed=0, diversity=50.0)
+    assert plain.images.shape[0] == 3 and plain.target == ["stage3:4"] * 3
+
+    def similarity(images):
+        from cnnlens.synthesize.visualize import _gram_similarity
+
+        with look(model) as s, torch.no_grad(), capture(s.net, ["stage3"]) as cap:
+            s.logits(images)
+            return float(_gram_similarity(cap["stage3"], torch.zeros(len(images), dtype=torch.long)).mean())
+
+    assert similarity(diverse.images) < similarity(plain.images)
+
+
+def test_the_model_is_untouched_and_the_global_rng_too():
+    model = random_model("resnet18")
+    with MidTraining(model):
+        before = snapshot(model)
+        rng = torch.get_rng_state()
+        for preset in ("raw", "keras", "yosinski", "lucid"):
+            cl.visualize(model, ["layer3:1", 2], preset=preset, steps=3, size=64, seed=0)
+        assert_unchanged(model, before)
+        assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_progress_cancel_and_partial_images(shapes):
+    model, _ = shapes
+    seen, partials = [], []
+    result = cl.visualize(model, 1, preset="lucid", steps=12, seed=0, progress=lambda d, t: seen.append((d, t)),
+                          partial=partials.append)
+    assert seen[-1] == (12, 12) and [p.params["steps"] for p in partials] == [4, 8]
+    assert partials[0].images.shape == result.images.shape
+    token = cl.CancelToken()
+    with pytest.raises(cl.Cancelled):
+        cl.visualize(model, 1, steps=50, seed=0, progress=lambda d, t: token.cancel(), cancel=token)
+
+
+def test_any_input_the_model_takes():
+    gray = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 3)).eval()
+    one = cl.visualize(gray, 2, preset="lucid", steps=4, size=(40, 56), seed=0)
+    assert one.images.shape == (1, 1, 40, 56)
+    torch.manual_seed(0)
+    backbone = nn.Sequential(*list(torchvision.models.resnet18(weights=None).children())[:-2]).eval()
+    feature = cl.visualize(backbone, "6:3", preset="raw", steps=4, size=64, seed=0)
+    assert feature.confidence is None and feature.predictions == [[]]
+    resnet = random_model("resnet18")
+    cl.configure(resnet, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    try:
+        assert cl.visualize(resnet, "layer2:0", steps=2, size=48, seed=0).images.shape == (1, 3, 48, 48)
+    finally:
+        cl.configure(resnet, reset=True)
+
+
+def test_bad_arguments_name_themselves(shapes):
+    model, _ = shapes
+    with pytest.raises(ValueError, match="Unknown preset 'lucent'.*lucid"):
+        cl.visualize(model, 1, preset="lucent")
+    with pytest.raises(ValueError, match="strength"):
+        cl.visualize(model, 1, strength=2)
+    with pytest.raises(ValueError, match="size"):
+        cl.visualize(model, 1, size=3)
+    with pytest.raises(ValueError, match="target: visualize needs"):
+        cl.visualize(model, None)
+    with pytest.raises(ValueError, match="Unknown target layer 'stage9'"):
+        cl.visualize(model, "stage9:1")
+    with pytest.raises(TypeError, match="transforms"):
+        cl.visualize(model, 1, transforms=3)
+
+
+def test_strength_moves_from_raw_to_heavily_regularized():
+    from cnnlens.synthesize import PRESETS
+
+    lucid = PRESETS["lucid"]
+    assert lucid.at(None) == lucid and lucid.at(0.5).transforms == lucid.transforms
+    assert lucid.at(0).transforms == 0 and lucid.at(1).transforms == 2 * lucid.transforms
+    raw = PRESETS["raw"]
+    assert not raw.at(0).rules.changes_pixels and raw.at(1).rules.blur_sigma > raw.at(0.5).rules.blur_sigma > 0
