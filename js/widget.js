@@ -122,7 +122,7 @@ function renderGrid(model, ui) {
   const data = view(model.get("heat"), Float32Array);
   const tile = th * tw * (channels || 1);
   if (!count || data.length !== count * tile) return null;
-  const cols = Math.ceil(Math.sqrt(count));
+  const cols = model.get("columns") > 0 ? Math.min(model.get("columns"), count) : Math.ceil(Math.sqrt(count));
   const rows = Math.ceil(count / cols);
   const gap = 1;
   const W = cols * (tw + gap), H = rows * (th + gap);
@@ -147,8 +147,19 @@ function renderGrid(model, ui) {
     }
   }
   drawPixels(ui.canvas, pixels, W, H, model.get("size"));
+  const chosen = model.get("selected");
+  if (chosen >= 0 && chosen < count) {  // outline the selected tile
+    const ctx = ui.canvas.getContext("2d");
+    ctx.strokeStyle = "#00e5ff";
+    ctx.lineWidth = Math.max(1, Math.round(Math.max(tw, th) / 32));
+    const inset = ctx.lineWidth / 2;
+    ctx.strokeRect((chosen % cols) * (tw + gap) + inset, Math.floor(chosen / cols) * (th + gap) + inset,
+      tw - 2 * inset, th - 2 * inset);
+  }
   const zoom = (t) => {
-    if (t < 0 || t >= count) return;
+    ui.zoom.hidden = true;
+    ui.zoomInfo.textContent = "";
+    if (t < 0 || t >= count || !model.get("zoomable")) return;
     const values = data.subarray(t * tile, (t + 1) * tile);
     const [lo, hi] = range(values, false, 0);
     const idx = toIndices(values, lo, hi);
@@ -170,17 +181,16 @@ function renderGrid(model, ui) {
     const x = Math.floor(((event.clientX - box.left) / box.width) * W / (tw + gap));
     const y = Math.floor(((event.clientY - box.top) / box.height) * H / (th + gap));
     const t = y * cols + x;
-    if (t < count) {
-      model.set("selected", t);
+    if (x < cols && t < count) {
+      model.set("selected", t);  // redraws (change:selected): the outline and the zoom follow
       model.save_changes();
-      zoom(t);
     }
   };
   ui.canvas.onmousemove = (event) => {
     const box = ui.canvas.getBoundingClientRect();
     const x = Math.floor(((event.clientX - box.left) / box.width) * W / (tw + gap));
     const y = Math.floor(((event.clientY - box.top) / box.height) * H / (th + gap));
-    ui.hover.textContent = y * cols + x < count ? `#${y * cols + x}` : "";
+    ui.hover.textContent = x < cols && y * cols + x < count ? `#${y * cols + x}` : "";
   };
   zoom(model.get("selected"));
   return true;
@@ -268,14 +278,29 @@ function render({ model, el: root }) {
       draw();
     });
   };
+  // A file from Python (e.g. "save PNG"): the browser downloads it; nothing is written on the kernel's side.
+  const onMessage = (msg, buffers) => {
+    if (!msg || msg.type !== "download" || !buffers || !buffers.length) return;
+    const url = URL.createObjectURL(new Blob([buffers[0]], { type: msg.mime || "application/octet-stream" }));
+    const link = el("a", "", root);
+    link.hidden = true;
+    link.href = url;
+    link.download = msg.filename || "cnnlens.png";
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+    root.dataset.downloads = String(+(root.dataset.downloads || 0) + 1);
+  };
+  model.on("msg:custom", onMessage);
   const events = ["change:image", "change:heat", "change:shape", "change:cmap", "change:cmap_index", "change:opacity", "change:signed",
-    "change:vmax", "change:rect", "change:legend", "change:bars", "change:size", "change:title", "change:kind"];
+    "change:vmax", "change:rect", "change:legend", "change:bars", "change:size", "change:title", "change:kind", "change:selected", "change:columns", "change:zoomable"];
   const statusEvents = ["change:status", "change:progress", "change:error", "change:details"];
   events.forEach((e) => model.on(e, schedule));
   statusEvents.forEach((e) => model.on(e, showStatus));
   draw();
   showStatus();
   return () => {
+    model.off("msg:custom", onMessage);
     events.forEach((e) => model.off(e, schedule));
     statusEvents.forEach((e) => model.off(e, showStatus));
   };

@@ -211,7 +211,7 @@ def test_lens_shares_one_image_picker(shapes):
     assert lens.wait(60)
     lens.index.value = 3
     assert lens.wait(60)
-    assert [v.runner.last_error for v in lens.views.values()] == [None] * 4
+    assert [v.runner.last_error for v in lens.views.values()] == [None] * len(lens.views)
     assert all(v.index is lens.index for v in lens.views.values())
 
 
@@ -551,3 +551,251 @@ def test_occlusion_streams_from_the_engine_not_from_a_coarse_pass_in_the_view(sh
     assert len(calls) == 1 and callable(calls[0]["partial"]) and calls[0]["stride"] == view.stride.value
     assert view.prob_panel.results - before == 2  # the engine's coarse map, then the final one
     view.close()
+
+
+# --- issue 7: synthesis views (Features, Classes) and linked units ------------------------------------------------
+
+
+def recording(monkeypatch, module, name="visualize"):
+    """Wrap ``module.<name>`` so each call's targets and keyword arguments are recorded."""
+    calls, real = [], getattr(module, name)
+
+    def recorded(model, *args, **kwargs):
+        calls.append((args, kwargs))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, recorded)
+    return calls
+
+
+def titles_of(panel) -> list[str]:
+    seen = []
+    panel.observe(lambda change: seen.append(change["new"]), "title")
+    return seen
+
+
+def test_features_controls_reach_the_engine_in_one_batched_call(shapes, monkeypatch):
+    from cnnlens.widgets import FeaturesView, features_view
+
+    calls = recording(monkeypatch, features_view)
+    model, data = shapes
+    view = FeaturesView(model, data, layer="stage3", unit=10, steps=8, size=32)
+    assert view.wait(60) and view.runner.last_error is None
+    (targets,), options = calls[-1]
+    assert [t.description for t in targets] == [cl.channel("stage3", u).description for u in range(8, 13)]
+    assert options["steps"] == 8 and options["size"] == 32 and options["preset"] == "lucid"
+    assert callable(options["partial"]) and callable(options["progress"]) and options["cancel"] is not None
+    for control, value, key in ((view.preset, "keras", "preset"), (view.strength, 0.8, "strength"),
+                                (view.steps, 12, "steps"), (view.size, 40, "size"), (view.starts, 2, "starts"),
+                                (view.diversity, 5.0, "diversity")):
+        calls.clear()
+        control.value = value
+        assert view.wait(60) and view.runner.last_error is None, key
+        assert len(calls) == 1 and calls[0][1][key] == value, key
+    assert view.steps.value == 12  # given steps stay when the preset changes
+    assert view.image_panel.shape == [40, 2 * 40 + 2]  # two starts side by side
+    assert view.image_panel.title.startswith("stage3:10 · keras · 12 steps · objective ")
+    calls.clear()
+    view.neighbours.value = 0
+    assert view.wait(60) and len(calls[0][0][0]) == 1 and view.row.layout.display == "none"
+    view.neighbours.value = 1
+    view.unit.value = 0  # the window stays inside the layer
+    assert view.wait(60) and [t.description for t in calls[-1][0][0]] == [
+        cl.channel("stage3", u).description for u in (0, 1, 2)]
+    assert view.row.columns == 3 and view.row.selected == 0 and view.row.shape[:3] == [3, 40, 40]
+    view.layer.value = "stage2"
+    assert view.wait(60) and view.unit.max == 31 and view.image_panel.title.startswith("stage2:0 ·")
+    view.close()
+
+
+def test_features_steps_follow_the_preset_unless_given(shapes):
+    from cnnlens.synthesize import PRESETS
+    from cnnlens.widgets import FeaturesView
+
+    model, data = shapes
+    view = FeaturesView(model, data, active=False)  # computes nothing until activated
+    assert view.steps.value == PRESETS["lucid"].steps and view.size.value == 64
+    view.preset.value = "keras"
+    assert view.steps.value == PRESETS["keras"].steps
+    assert view.runner._thread is None and view.image_panel.results == 0
+    view.close()
+
+
+def test_features_stream_partial_images_and_clicking_a_neighbour_opens_it(shapes):
+    from cnnlens.widgets import FeaturesView
+
+    model, data = shapes
+    view = FeaturesView(model, data, layer="stage3", unit=4, steps=200, size=32, active=False)
+    titles = titles_of(view.image_panel)
+    view.activate()
+    assert view.wait(120) and view.runner.last_error is None
+    running = [t for t in titles if " · step " in t]
+    assert running and titles[-1].startswith("stage3:4 · lucid · 200 steps · objective ")
+    steps = [int(t.split(" · step ")[1].split("/")[0]) for t in running]
+    assert steps == sorted(steps) and all(s % 4 == 0 and s < 200 for s in steps)
+    assert view.row.results == view.image_panel.results  # the row streams with the image
+    view.row.selected = 0  # what a click on the first neighbour sends
+    assert view.unit.value == 2
+    assert view.wait(120) and view.image_panel.title.startswith("stage3:2 ·") and view.row.selected == 2
+    view.close()
+
+
+def test_features_stop_keeps_the_last_streamed_image_and_saves_it_as_png(shapes):
+    import io
+
+    from PIL import Image
+
+    from cnnlens.core.display import to_uint8
+    from cnnlens.widgets import FeaturesView
+
+    model, data = shapes
+    view = FeaturesView(model, data, layer="stage2", unit=3, steps=2000, size=48, neighbours=0, active=False)
+    assert view.save.disabled
+    titles = titles_of(view.image_panel)
+    start = time.monotonic()
+    view.activate()
+    while not any(" · step " in t for t in titles) and time.monotonic() - start < 60:
+        time.sleep(0.02)
+    view.image_panel._message(view.image_panel, {"type": "stop"}, [])  # the Stop button
+    assert view.wait(30)
+    assert time.monotonic() - start < 60 and view.image_panel.status == "idle"
+    assert "stopped at step " in view.image_panel.title and "/2000" in view.image_panel.title
+    stopped = int(view.image_panel.title.split("stopped at step ")[1].split("/")[0])
+    assert 0 < stopped < 2000 and len(view.result.history) == stopped
+    sent = []
+    view.image_panel.send = lambda content, buffers=None: sent.append((content, buffers))
+    assert not view.save.disabled
+    view.save.click()
+    (content, (data_,)), = sent
+    assert content == {"type": "download", "filename": "stage2_3_lucid.png", "mime": "image/png"}
+    decoded = np.asarray(Image.open(io.BytesIO(data_)))
+    assert decoded.shape == (48, 48, 3) and np.array_equal(decoded, to_uint8(view.result.images[0]))
+    view.close()
+
+
+def test_features_errors_show_in_the_panel_and_the_image_stays(shapes):
+    from cnnlens.widgets import FeaturesView
+
+    class Small(nn.Module):  # refuses inputs larger than 40 px, with a clear message
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+        def forward(self, x):
+            if x.shape[-1] > 40:
+                raise ValueError(f"this model takes at most 40 px, got {x.shape[-1]}")
+            return self.conv(x).relu().mean((2, 3))
+
+    view = FeaturesView(Small(), torch.rand(2, 3, 32, 32), steps=8, size=32)
+    assert view.wait(60) and view.runner.last_error is None
+    good = view.image_panel.image
+    view.size.value = 64
+    assert view.wait(60)
+    assert view.image_panel.status == "error" and "at most 40 px, got 64" in view.image_panel.error
+    assert "Traceback" in view.image_panel.details and view.image_panel.image == good
+    view.size.value = 24
+    assert view.wait(60) and view.image_panel.status == "idle" and not view.image_panel.error
+    view.close()
+
+
+def test_classes_view_shows_raw_beside_lucid_with_confidence(shapes, monkeypatch):
+    from cnnlens.widgets import ClassesView, classes_view
+
+    calls = recording(monkeypatch, classes_view)
+    model, data = shapes
+    view = ClassesView(model, data, steps=24)
+    assert [o[0] for o in view.target.options] == list(data.classes)
+    raw_titles, regular_titles = titles_of(view.raw_panel), titles_of(view.regular_panel)
+    assert view.wait(120) and view.runner.last_error is None
+    assert [(args[0], kw["preset"], kw["steps"]) for args, kw in calls] == [(0, "raw", 24), (0, "lucid", 24)]
+    for panel, preset in ((view.raw_panel, "raw"), (view.regular_panel, "lucid")):
+        title = panel.title
+        assert title.startswith(f"circle · {preset} · P(circle) = "), title
+        confidence = float(title.split(" = ")[1].split("%")[0]) / 100
+        result = view.results[preset]
+        assert abs(confidence - float(result.confidence[0])) < 1e-3
+    assert any(" · step " in t for t in raw_titles + regular_titles)  # both streamed while optimizing
+    calls.clear()
+    view.target.value = 3
+    view.preset.value = "keras"
+    view.strength.value = 0.2
+    assert view.wait(120) and view.runner.last_error is None
+    assert [(args[0], kw["preset"], kw["strength"]) for args, kw in calls[-2:]] == [(3, "raw", None),
+                                                                                   (3, "keras", 0.2)]
+    assert view.regular_panel.title.startswith("star · keras · P(star) = ")
+    assert view.filename() == "class_star_raw_keras.png" and view.png()[:8] == b"\x89PNG\r\n\x1a\n"
+    view.close()
+
+
+def test_the_fooling_image_is_near_certain(shapes):
+    from cnnlens.widgets import ClassesView
+
+    model, data = shapes
+    view = ClassesView(model, data, target=5, preset="keras")  # the presets' own steps (raw: 200)
+    assert view.wait(120) and view.runner.last_error is None
+    assert float(view.results["raw"].confidence[0]) >= 0.99
+    view.close()
+
+
+def test_lens_links_units_both_ways_and_computes_synthesis_only_in_its_open_tab(shapes, monkeypatch):
+    from cnnlens.widgets import features_view
+
+    calls = recording(monkeypatch, features_view)
+    model, data = shapes
+    lens = cl.Lens(model, data, synthesis={"steps": 8, "size": 32})
+    activations, deconv, features = (lens.views[k] for k in ("Activations", "DeconvNet", "Features"))
+    assert lens.wait(60) and calls == []  # the Features tab is closed: nothing optimized yet
+    submitted = {name: [] for name in lens.views}
+    for name, view in lens.views.items():
+        submit = view.runner.submit
+        view.runner.submit = lambda *a, submit=submit, name=name: (submitted[name].append(1), submit(*a))
+    activations.layer.value = "stage3"
+    assert lens.wait(60)
+    activations.grid.selected = 7  # a click on feature map 7
+    assert (features.layer.value, features.unit.value) == ("stage3", 7) == (deconv.layer.value, deconv.unit.value)
+    assert lens.wait(60) and calls == [] and len(submitted["DeconvNet"]) == 1
+    lens.tabs.selected_index = list(lens.views).index("Features")  # opening the tab computes the chosen unit
+    assert lens.wait(60) and len(calls) == 1 and features.image_panel.title.startswith("stage3:7 ·")
+    for counts in submitted.values():
+        counts.clear()
+    features.unit.value = 12  # and back: Features moves DeconvNet and the Activations selection
+    assert lens.wait(60)
+    assert (deconv.layer.value, deconv.unit.value) == ("stage3", 12) and activations.grid.selected == 12
+    assert "unit stage3:12" in deconv.input_panel.title
+    assert {k: len(v) for k, v in submitted.items() if v} == {"DeconvNet": 1, "Features": 1}  # no loop
+    deconv.layer.value = "stage2"  # DeconvNet moves Features (one job each)
+    assert lens.wait(60) and features.layer.value == "stage2" and features.unit.value == deconv.unit.value
+    assert features.image_panel.title.startswith(f"stage2:{deconv.unit.value} ·")
+    assert activations.layer.value == "stage2" and activations.grid.selected == deconv.unit.value
+    lens.tabs.selected_index = 0
+    calls.clear()
+    deconv.unit.value = 5
+    assert lens.wait(60) and features.unit.value == 5 and calls == []  # deferred until the tab opens again
+    lens.close()
+    assert cnnlens_threads() == []
+
+
+def test_closing_a_synthesis_view_mid_optimization_releases_everything(shapes):
+    import gc
+    import weakref
+
+    from ipywidgets.widgets.widget import _instances
+
+    from cnnlens.widgets import ClassesView, FeaturesView
+    from cnnlens.zoo import shapes_model
+
+    _, data = shapes
+    model = shapes_model()
+    alive = weakref.ref(model)
+    for view_class in (FeaturesView, ClassesView):
+        view = view_class(model, data, steps=5000)
+        while view.runner._thread is None or not view.runner._busy:
+            time.sleep(0.01)
+        owned = widget_ids(view) | {p.model_id for p in view.panels}
+        start = time.monotonic()
+        view.close()
+        assert time.monotonic() - start < 5 and cnnlens_threads() == []
+        assert not owned & set(_instances)
+    del view, model
+    gc.collect()
+    assert alive() is None

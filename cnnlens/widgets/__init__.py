@@ -2,11 +2,13 @@
 
 from .activations import ActivationsView
 from .attribution import AttributionView
+from .classes_view import ClassesView
 from .deconv_view import DeconvView
 from .export import export_assets, export_html
+from .features_view import FeaturesView
 from .lens import Lens, demo
 from .occlusion_view import OcclusionView
 from .panel import Panel
 
-__all__ = ["ActivationsView", "AttributionView", "DeconvView", "Lens", "OcclusionView", "Panel", "demo",
-           "export_assets", "export_html"]
+__all__ = ["ActivationsView", "AttributionView", "ClassesView", "DeconvView", "FeaturesView", "Lens", "OcclusionView",
+           "Panel", "demo", "export_assets", "export_html"]

@@ -58,6 +58,19 @@ class ActivationsView(View):
             self.filters.layout.display = "none"
         self.refresh()
 
+    def select(self, layer: str, unit: int) -> bool:
+        """Show ``layer`` with map ``unit`` selected (from a linked view); the selection reaches no other view.
+
+        Returns False when this view has no such layer.
+        """
+        if self.closed or layer not in [info.name for info in self.table]:
+            return False
+        with self.hushed(self.grid):
+            if self.layer.value != layer:
+                self.layer.value = layer  # recomputes the grid
+            self.grid.selected = unit
+        return True
+
     def refresh(self) -> None:
         image, _ = self.image
         layer, model = self.layer.value, self.model

@@ -35,7 +35,7 @@ class DeconvView(View):
         self.patch = Panel("image", "patch in the receptive field", size=160)
         super().__init__(model, images, [self.input_panel, self.projection, self.patch],
                          [self.layer, self.unit, self.mode], index)
-        self.watch(self.layer, lambda _: self._layer_changed())
+        self.watch(self.layer, lambda change: None if self.quiet(change) else self._layer_changed())
         for widget in (self.unit, self.mode):
             self.watch(widget, lambda change: None if self.quiet(change) else self.refresh())
         self.refresh()
@@ -44,6 +44,21 @@ class DeconvView(View):
         with self.hushed(self.unit):
             self.unit.max = self.table[self.layer.value].channels - 1
         self.refresh()
+
+    def select(self, layer: str, unit: int) -> bool:
+        """Show ``layer``:``unit`` (from a linked view): one recompute; no change event reaches other views.
+
+        Returns False when this view has no such layer or unit.
+        """
+        if self.closed or layer not in self.table or not 0 <= unit < self.table[layer].channels:
+            return False
+        if (layer, unit) != (self.layer.value, self.unit.value):
+            with self.hushed(self.layer, self.unit):
+                self.layer.value = layer
+                self.unit.max = self.table[layer].channels - 1
+                self.unit.value = unit
+            self.refresh()
+        return True
 
     def refresh(self) -> None:
         image, _ = self.image

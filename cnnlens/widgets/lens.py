@@ -10,32 +10,88 @@ import torch
 from .activations import ActivationsView
 from .attribution import AttributionView
 from .base import Images, close_widgets, close_with_front_end
+from .classes_view import ClassesView
 from .deconv_view import DeconvView
+from .features_view import FeaturesView
 from .occlusion_view import OcclusionView
+from .synthesis import SynthesisView
 
 
 class Lens(W.VBox):
-    """Tabs for activations, attribution, occlusion and DeconvNet over one image picker."""
+    """Tabs for activations, attribution, occlusion, DeconvNet, features and classes over one image picker.
 
-    def __init__(self, model: torch.nn.Module, images: Any):
+    The synthesis tabs (Features, Classes) compute only while open. Units are linked: clicking a feature
+    map in Activations or choosing a layer/unit in DeconvNet or Features selects it in the other two.
+    ``synthesis`` passes keyword arguments to the synthesis views, e.g. ``{"steps": 64}`` for quick looks.
+    """
+
+    def __init__(self, model: torch.nn.Module, images: Any, *, synthesis: dict | None = None):
         self.model = model
         self.images = Images(images, model)
         self.index = W.IntSlider(value=0, min=0, max=len(self.images) - 1, description="image",
                                  continuous_update=False)
+        quick = dict(synthesis or {}, active=False)
         self.views = {
             "Activations": ActivationsView(model, self.images, self.index),
             "Attribution": AttributionView(model, self.images, self.index),
             "Occlusion": OcclusionView(model, self.images, self.index),
             "DeconvNet": DeconvView(model, self.images, self.index),
+            "Features": FeaturesView(model, self.images, self.index, **_accepted(FeaturesView, quick)),
+            "Classes": ClassesView(model, self.images, self.index, **_accepted(ClassesView, quick)),
         }
         self.tabs = W.Tab(children=list(self.views.values()))
         for i, title in enumerate(self.views):
             self.tabs.set_title(i, title)
         super().__init__([self.index, self.tabs])
+        self._observed: list[tuple[W.Widget, Any, str]] = []
+        self._observe(self.tabs, self._tab_opened, "selected_index")
+        self._tab_opened({"new": self.tabs.selected_index})
+        self._link_units()
         close_with_front_end(self)
+
+    def _observe(self, widget: W.Widget, handler: Any, names: str = "value") -> None:
+        widget.observe(handler, names)
+        self._observed.append((widget, handler, names))
+
+    def _tab_opened(self, change: dict) -> None:
+        """Synthesis views compute while their tab is open (catching up on changes made meanwhile)."""
+        for i, view in enumerate(self.views.values()):
+            if isinstance(view, SynthesisView):
+                view.activate() if i == change["new"] else view.deactivate()
+
+    def _link_units(self) -> None:
+        """A unit chosen in one of Activations (click a map), DeconvNet or Features is selected in the others.
+
+        Each view's ``select`` sets its controls inside ``hushed``, so it triggers no link back (no loops).
+        """
+        activations, deconv, features = (self.views["Activations"], self.views["DeconvNet"],
+                                         self.views["Features"])
+        linked = (activations, deconv, features)
+
+        def chosen(source, layer_unit):
+            def handler(change: dict) -> None:
+                if source.closed or source.quiet(change):
+                    return
+                layer, unit = layer_unit()
+                if unit < 0:
+                    return
+                for view in linked:
+                    if view is not source:
+                        view.select(layer, unit)
+            return handler
+
+        self._observe(activations.grid, chosen(activations, lambda: (activations.layer.value,
+                                                                     activations.grid.selected)), "selected")
+        for view in (deconv, features):
+            handler = chosen(view, lambda view=view: (view.layer.value, view.unit.value))
+            self._observe(view.layer, handler)
+            self._observe(view.unit, handler)
 
     def close(self) -> None:
         """Close every view (their worker threads, jobs and widgets), the image picker and the tabs; drop the model."""
+        for widget, handler, names in self.__dict__.get("_observed", []):
+            widget.unobserve(handler, names)
+        self._observed = []
         for view in self.__dict__.get("views", {}).values():
             view.close()
         if "tabs" in self.__dict__:
@@ -50,6 +106,14 @@ class Lens(W.VBox):
     def wait(self, timeout: float = 120.0) -> bool:
         """Block until every view has finished computing."""
         return all(view.wait(timeout) for view in self.views.values())
+
+
+def _accepted(view_class: type, options: dict) -> dict:
+    """The keyword arguments among ``options`` that ``view_class`` takes."""
+    import inspect
+
+    names = inspect.signature(view_class.__init__).parameters
+    return {k: v for k, v in options.items() if k in names}
 
 
 def demo() -> Lens:

@@ -63,6 +63,8 @@ class Panel(anywidget.AnyWidget):
     legend = traitlets.List(default_value=[]).tag(sync=True)
     bars = traitlets.List(default_value=[]).tag(sync=True)
     selected = traitlets.Int(-1).tag(sync=True)
+    columns = traitlets.Int(0).tag(sync=True)  # grid columns; 0: about square
+    zoomable = traitlets.Bool(True).tag(sync=True)  # a grid shows the clicked tile enlarged below it
     size = traitlets.Int(256).tag(sync=True)
     status = traitlets.Unicode("idle").tag(sync=True)
     progress = traitlets.Float(0.0).tag(sync=True)
@@ -164,6 +166,10 @@ class Panel(anywidget.AnyWidget):
                 self.details = ""
             if self.status == "error":
                 self.status = "idle"
+
+    def download(self, data: bytes, filename: str, mime: str = "image/png") -> None:
+        """Have the browser save ``data`` as ``filename`` (sent as a binary buffer; nothing is written here)."""
+        self.send({"type": "download", "filename": str(filename), "mime": str(mime)}, buffers=[bytes(data)])
 
     # --- status -------------------------------------------------------------------------------
 
