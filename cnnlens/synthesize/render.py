@@ -3,9 +3,10 @@
 Each step: the parametrization makes the image, the transforms jitter it,
 the shadow network runs it (stopping after the deepest layer the objective
 reads), and the gradient of the per-image scores with respect to the
-parametrization's own tensors (never the model's) moves the image. ReLUs
-backpropagate with Lucid's redirected rule, so a unit that is silent on the
-starting image still gets a gradient. Progress,
+parametrization's own tensors (never the model's) moves the image. For the
+first steps ReLUs backpropagate with Lucid's redirected rule, so a unit that
+is silent on the starting image still gets a gradient; after that the plain
+gradient (the rule's function mode costs Python time on every op). Progress,
 cancellation and partial images go through the same channels as every long
 method.
 """
@@ -13,6 +14,7 @@ method.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,7 @@ from .regularizers import StepRules
 from .transforms import Transform
 
 Score = Callable[[Context], torch.Tensor]
+WAKE_STEPS = 16  # steps with Lucid's redirected ReLU gradient (a unit silent at the start can wake up)
 
 
 @dataclass
@@ -59,7 +62,8 @@ def optimize(session: Session, param: Any, loop: Loop, counter: Steps,
             x = loop.transform(image) if loop.transform is not None else image
             if tuple(x.shape[-2:]) != loop.size:
                 x = F.interpolate(x, size=loop.size, mode="bilinear", align_corners=False)
-            with capture(session.net, loop.objective.layers | loop.extra_layers) as cap, ReLURule("redirected"):
+            wake = ReLURule("redirected") if step < WAKE_STEPS else nullcontext()
+            with capture(session.net, loop.objective.layers | loop.extra_layers) as cap, wake:
                 logits = session.run(x, loop.objective, cap, also=tuple(loop.extra_layers))
                 values = loop.score(Context(image, cap.activations, logits))
             grads = torch.autograd.grad(values.sum(), tensors)
