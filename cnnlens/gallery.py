@@ -1,4 +1,4 @@
-"""``cnnlens gallery``: every local explanation on default-model images, as PNGs and one HTML page."""
+"""``cnnlens gallery``: every local explanation on default-model images, and a page of synthesized images."""
 
 from __future__ import annotations
 
@@ -58,24 +58,53 @@ def render_gallery(out: Path, images: int = 4, log: Callable[[str], None] = prin
                               f"most probable label; labels seen: {legend}"))
         rows.append(cells)
     index = out / "index.html"
+    index.write_text(
+        _page("cnnlens gallery: the embedded default model",
+              "Every local explanation method on held-out images of the procedural shapes data. "
+              '<a href="synthesis.html">What units and classes want to see →</a>', rows),
+        encoding="utf-8",
+    )
+    _synthesis_page(out, model, data.classes, log)
+    return index
+
+
+def _page(title: str, intro: str, rows: list[list[tuple[str, str, str]]]) -> str:
     body = []
     for cells in rows:
         figures = "".join(
-            f'<figure><img src="{html.escape(src)}" alt="{html.escape(title)}"><figcaption><b>{html.escape(title)}'
-            f"</b><br>{html.escape(caption)}</figcaption></figure>" for title, src, caption in cells
+            f'<figure><img src="{html.escape(src)}" alt="{html.escape(name)}"><figcaption><b>{html.escape(name)}'
+            f"</b><br>{html.escape(caption)}</figcaption></figure>" for name, src, caption in cells
         )
         body.append(f'<div class="row">{figures}</div>')
-    index.write_text(
-        "<!doctype html><meta charset=utf-8><title>cnnlens gallery</title>"
-        "<style>body{font-family:sans-serif;margin:1em}.row{display:flex;flex-wrap:wrap;gap:8px;margin-bottom:1.5em}"
-        "figure{margin:0;width:200px}figure img{width:192px;image-rendering:pixelated}"
-        "figcaption{font-size:11px}</style>"
-        "<h1>cnnlens gallery: the embedded default model</h1>"
-        "<p>Every local explanation method on held-out images of the procedural shapes data.</p>"
-        + "".join(body),
-        encoding="utf-8",
-    )
-    return index
+    return ("<!doctype html><meta charset=utf-8><title>" + html.escape(title) + "</title>"
+            "<style>body{font-family:sans-serif;margin:1em}.row{display:flex;flex-wrap:wrap;gap:8px;"
+            "margin-bottom:1.5em}figure{margin:0;width:200px}figure img{width:192px;image-rendering:pixelated}"
+            "figcaption{font-size:11px}</style>"
+            f"<h1>{html.escape(title)}</h1><p>{intro}</p>" + "".join(body))
+
+
+def _synthesis_page(out: Path, model, classes: tuple[str, ...], log: Callable[[str], None]) -> Path:
+    """Class visualizations (lucid), fooling images (raw) and the last stage's units, on synthesis.html."""
+    from .synthesize import visualize
+
+    rows = []
+    for preset, steps, what in (("lucid", 256, "class visualization"), ("raw", 200, "fooling image")):
+        log(f"synthesis: {what}s ({preset})")
+        result = visualize(model, list(range(len(classes))), preset=preset, steps=steps, seed=0)
+        rows.append([(f"{classes[c]} · {preset}", _save(to_uint8(result.images[c]), out / f"synth_{preset}_{c}.png"),
+                      f"{what}; the model says {classes[c]} with {float(result.confidence[c]):.1%}")
+                     for c in range(len(classes))])
+    log("synthesis: stage4 units")
+    units = visualize(model, [f"stage4:{u}" for u in range(8)], steps=256, seed=0)
+    rows.append([(f"stage4:{u}", _save(to_uint8(units.images[u]), out / f"synth_unit_{u}.png"),
+                  f"mean activation {float(units.history[-1, u]):.2f}") for u in range(8)])
+    page = out / "synthesis.html"
+    page.write_text(_page("cnnlens gallery: what units and classes want to see",
+                          "Activation maximization on the default model (cnnlens.visualize, seed 0): Lucid-style "
+                          "class visualizations, raw gradient ascent (Nguyen et al.'s fooling images: near-certain "
+                          'and unrecognizable) and the last stage\'s units. <a href="index.html">← explanations</a>',
+                          rows), encoding="utf-8")
+    return page
 
 
 def _pick_examples(data, n: int) -> list[int]:

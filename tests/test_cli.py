@@ -22,6 +22,9 @@ def test_gallery_renders_every_method(tmp_path, capsys):
         assert any(p.name.endswith(f"_{name}.png") for p in tmp_path.iterdir()), name
         assert info.label.replace("×", "&#215;") in index or info.label in index
     assert "occlusion: label map" in index
+    synthesis = (tmp_path / "synthesis.html").read_text()
+    assert "synthesis.html" in index and synthesis.count("fooling image") >= 8 and "stage4:7" in synthesis
+    assert len(list(tmp_path.glob("synth_lucid_*.png"))) == 8
 
 
 def test_layers_and_bad_arguments(capsys):
