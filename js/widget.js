@@ -122,6 +122,7 @@ function renderGrid(model, ui) {
   const data = view(model.get("heat"), Float32Array);
   const tile = th * tw * (channels || 1);
   if (!count || data.length !== count * tile) return null;
+  const stretch = model.get("normalize");  // each tile to its own range, or values in [0, 1] as they are
   const cols = model.get("columns") > 0 ? Math.min(model.get("columns"), count) : Math.ceil(Math.sqrt(count));
   const rows = Math.ceil(count / cols);
   const gap = 1;
@@ -130,7 +131,7 @@ function renderGrid(model, ui) {
   const table = lut(cmapName(model));
   for (let t = 0; t < count; t++) {
     const values = data.subarray(t * tile, (t + 1) * tile);
-    const [lo, hi] = range(values, false, 0);
+    const [lo, hi] = stretch ? range(values, false, 0) : [0, 1];
     const idx = toIndices(values, lo, hi);
     const ox = (t % cols) * (tw + gap), oy = Math.floor(t / cols) * (th + gap);
     for (let y = 0; y < th; y++) {
@@ -161,7 +162,7 @@ function renderGrid(model, ui) {
     ui.zoomInfo.textContent = "";
     if (t < 0 || t >= count || !model.get("zoomable")) return;
     const values = data.subarray(t * tile, (t + 1) * tile);
-    const [lo, hi] = range(values, false, 0);
+    const [lo, hi] = stretch ? range(values, false, 0) : [0, 1];
     const idx = toIndices(values, lo, hi);
     const px = new Uint8ClampedArray(th * tw * 4);
     for (let i = 0; i < th * tw; i++) {
@@ -282,7 +283,7 @@ function render({ model, el: root }) {
   const onMessage = (msg, buffers) => {
     if (!msg || msg.type !== "download" || !buffers || !buffers.length) return;
     const url = URL.createObjectURL(new Blob([buffers[0]], { type: msg.mime || "application/octet-stream" }));
-    const link = el("a", "", root);
+    const link = el("a", "", document.body);  // outside the output area: no handler of the page sees the click
     link.hidden = true;
     link.href = url;
     link.download = msg.filename || "cnnlens.png";
@@ -293,7 +294,7 @@ function render({ model, el: root }) {
   };
   model.on("msg:custom", onMessage);
   const events = ["change:image", "change:heat", "change:shape", "change:cmap", "change:cmap_index", "change:opacity", "change:signed",
-    "change:vmax", "change:rect", "change:legend", "change:bars", "change:size", "change:title", "change:kind", "change:selected", "change:columns", "change:zoomable"];
+    "change:vmax", "change:rect", "change:legend", "change:bars", "change:size", "change:title", "change:kind", "change:selected", "change:columns", "change:zoomable", "change:normalize"];
   const statusEvents = ["change:status", "change:progress", "change:error", "change:details"];
   events.forEach((e) => model.on(e, schedule));
   statusEvents.forEach((e) => model.on(e, showStatus));

@@ -647,6 +647,7 @@ def test_features_stop_keeps_the_last_streamed_image_and_saves_it_as_png(shapes)
 
     from cnnlens.core.display import to_uint8
     from cnnlens.widgets import FeaturesView
+    from cnnlens.widgets.synthesis import stretch
 
     model, data = shapes
     view = FeaturesView(model, data, layer="stage2", unit=3, steps=2000, size=48, neighbours=0, active=False)
@@ -662,6 +663,12 @@ def test_features_stop_keeps_the_last_streamed_image_and_saves_it_as_png(shapes)
     assert "stopped at step " in view.image_panel.title and "/2000" in view.image_panel.title
     stopped = int(view.image_panel.title.split("stopped at step ")[1].split("/")[0])
     assert 0 < stopped < 2000 and len(view.result.history) == stopped
+    image = view.result.images[0]
+    assert view.image_panel.image == to_uint8(stretch(image[None])[0]).tobytes()  # contrast stretched by default
+    results, submitted = view.image_panel.results, view.runner.completed
+    view.contrast.value = False  # a display option: redrawn, not recomputed
+    assert view.image_panel.image == to_uint8(image).tobytes() and view.image_panel.results == results + 1
+    assert view.runner.completed == submitted and "stopped at step " in view.image_panel.title
     sent = []
     view.image_panel.send = lambda content, buffers=None: sent.append((content, buffers))
     assert not view.save.disabled
@@ -669,8 +676,20 @@ def test_features_stop_keeps_the_last_streamed_image_and_saves_it_as_png(shapes)
     (content, (data_,)), = sent
     assert content == {"type": "download", "filename": "stage2_3_lucid.png", "mime": "image/png"}
     decoded = np.asarray(Image.open(io.BytesIO(data_)))
-    assert decoded.shape == (48, 48, 3) and np.array_equal(decoded, to_uint8(view.result.images[0]))
+    assert decoded.shape == (48, 48, 3) and np.array_equal(decoded, to_uint8(image))  # the image as shown
     view.close()
+
+
+def test_contrast_stretch_shows_flat_images_and_leaves_full_range_ones_alone():
+    from cnnlens.widgets.synthesis import stretch
+
+    torch.manual_seed(0)
+    flat = 0.5 + 0.03 * torch.randn(2, 3, 16, 16)  # a keras image: a few small steps from gray
+    shown = stretch(flat)
+    assert shown.shape == flat.shape and shown.amin() == 0 and shown.amax() == 1
+    assert torch.corrcoef(torch.stack([shown.flatten(), flat.flatten()]))[0, 1] > 0.99  # same pattern
+    full = torch.rand(1, 3, 32, 32)
+    assert (stretch(full) - full).abs().max() < 0.02
 
 
 def test_features_errors_show_in_the_panel_and_the_image_stays(shapes):
@@ -742,7 +761,7 @@ def test_lens_links_units_both_ways_and_computes_synthesis_only_in_its_open_tab(
 
     calls = recording(monkeypatch, features_view)
     model, data = shapes
-    lens = cl.Lens(model, data, synthesis={"steps": 8, "size": 32})
+    lens = cl.Lens(model, data, options={"Features": {"steps": 8, "size": 32}})
     activations, deconv, features = (lens.views[k] for k in ("Activations", "DeconvNet", "Features"))
     assert lens.wait(60) and calls == []  # the Features tab is closed: nothing optimized yet
     submitted = {name: [] for name in lens.views}
@@ -773,6 +792,8 @@ def test_lens_links_units_both_ways_and_computes_synthesis_only_in_its_open_tab(
     assert lens.wait(60) and features.unit.value == 5 and calls == []  # deferred until the tab opens again
     lens.close()
     assert cnnlens_threads() == []
+    with pytest.raises(ValueError, match="no synthesis tab 'Feature'. Tabs that take options: Features, Classes"):
+        cl.Lens(model, data, options={"Feature": {"steps": 8}})
 
 
 def test_closing_a_synthesis_view_mid_optimization_releases_everything(shapes):
@@ -799,3 +820,24 @@ def test_closing_a_synthesis_view_mid_optimization_releases_everything(shapes):
     del view, model
     gc.collect()
     assert alive() is None
+
+
+def test_synthesis_views_leave_the_model_as_it_was(shapes):
+    from cnnlens.widgets import ClassesView, FeaturesView
+    from cnnlens.zoo import shapes_model
+
+    _, data = shapes
+    model = shapes_model().train()  # mid-training: BatchNorm in train mode, a gradient present
+    model.fc.weight.grad = torch.ones_like(model.fc.weight)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [(m.training, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+             for m in model.modules()]
+    for view in (FeaturesView(model, data, steps=8, size=32), ClassesView(model, data, steps=8)):
+        assert view.wait(60) and view.runner.last_error is None, view.runner.last_error
+        view.close()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert flags == [(m.training, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+                     for m in model.modules()]
+    assert torch.equal(model.fc.weight.grad, torch.ones_like(model.fc.weight))
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "fc.weight")
+    assert all(p.requires_grad for p in model.parameters())

@@ -14,7 +14,7 @@ from ..synthesize.visualize import visualize
 from .base import Images, class_names
 from .features_view import preset_options
 from .panel import Panel
-from .synthesis import SynthesisView, save_button, style, tile_row
+from .synthesis import SynthesisView, contrast_box, save_button, style, tile_row
 
 FOOLING = "raw"  # plain gradient ascent: Nguyen et al.'s fooling images
 
@@ -45,15 +45,17 @@ class ClassesView(SynthesisView):
         self.strength = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="regularization",
                                       continuous_update=False, style=style(),
                                       tooltip="of the preset beside raw (raw has none)")
+        self.contrast = contrast_box()
         self.raw_panel = Panel("image", "raw (fooling image)", size=224)
         self.regular_panel = Panel("image", "regularized", size=224)
         self.results: dict[str, Any] = {}  # preset name → the Synthesis drawn last in its panel (raw first)
         self._shown = ""  # the class drawn last
         self.save = save_button(self, lambda: self.regular_panel)
         super().__init__(model, images, [self.raw_panel, self.regular_panel],
-                         [self.target, self.preset, self.strength, self.save], index, active=active)
+                         [self.target, self.preset, self.strength, self.contrast, self.save], index, active=active)
         for widget in (self.target, self.preset, self.strength):
             self.watch(widget, self.changed)
+        self.watch(self.contrast, self.redraw)
         self.request()
 
     def refresh(self) -> None:
@@ -85,7 +87,7 @@ class ClassesView(SynthesisView):
             for i, result in enumerate(results):
                 preset, _, panel = runs[i]
                 said = status(result, totals[i], state, i == current)
-                panel.show(result.images[0], title=f"{name} · {preset} · {said}")
+                panel.show(self.shown(result.images[:1])[0], title=f"{name} · {preset} · {said}")
             self.results = {runs[i][0]: r for i, r in enumerate(results)}
             self._shown = name
             self.save.disabled = False
@@ -104,7 +106,7 @@ class ClassesView(SynthesisView):
     def current_image(self) -> torch.Tensor | None:
         """The comparison as drawn: the raw image and, once it has one, the regularized one beside it."""
         results = list(self.results.values())
-        return tile_row(torch.stack([r.images[0] for r in results])) if results else None
+        return tile_row(self.shown(torch.stack([r.images[0] for r in results]))) if results else None
 
     def filename(self) -> str:
         presets = "_".join(self.results) or self.preset.value

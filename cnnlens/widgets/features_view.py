@@ -14,7 +14,7 @@ from ..synthesize.presets import preset as named_preset
 from ..synthesize.visualize import visualize
 from .base import Images, spatial_layers
 from .panel import Panel
-from .synthesis import SynthesisView, save_button, style, tile_row
+from .synthesis import SynthesisView, contrast_box, save_button, style, tile_row
 
 PRESET_ORDER = ("lucid", "yosinski", "keras", "raw", "yosinski1", "yosinski2", "yosinski3", "yosinski4")
 MAX_STEPS = 2000
@@ -71,21 +71,23 @@ class FeaturesView(SynthesisView):
         self.neighbours = W.IntSlider(value=neighbours, min=0, max=4, description="neighbours",
                                       continuous_update=False, style=style(),
                                       tooltip="units on each side shown in the row (0: none)")
+        self.contrast = contrast_box()
         self.image_panel = Panel("image", "unit", size=256)
-        self.row = Panel("grid", "neighbouring units", size=384, zoomable=False)
+        self.row = Panel("grid", "neighbouring units", size=384, zoomable=False, normalize=False)
         self.save = save_button(self, lambda: self.image_panel)
         self.result = None  # the Synthesis drawn last (partial, final or stopped)
         self._units: list[int] = []
         self._shown: tuple[slice, str] = (slice(0, 1), "")  # the drawn unit's images in result, and its name
         super().__init__(model, images, [self.image_panel, self.row],
                          [self.layer, self.unit, self.preset, self.strength, self.steps, self.size, self.starts,
-                          self.diversity, self.neighbours, self.save], index, active=active)
+                          self.diversity, self.neighbours, self.contrast, self.save], index, active=active)
         for widget in (self.unit, self.strength, self.steps, self.size, self.starts, self.diversity,
                        self.neighbours):
             self.watch(widget, self.changed)
         self.watch(self.layer, self._layer_changed)
         self.watch(self.preset, self._preset_changed)
         self.watch(self.row, self._row_clicked, "selected")
+        self.watch(self.contrast, self.redraw)
         self.request()
 
     # --- controls -----------------------------------------------------------------------------
@@ -150,13 +152,13 @@ class FeaturesView(SynthesisView):
                      "stopped": f"stopped at step {done}/{total}"}[state]
             self.result, self._units = result, units
             self._shown = (mine, f"{layer}_{unit}_{options['preset']}")
-            self.image_panel.show(tile_row(result.images[mine]),
+            self.image_panel.show(tile_row(self.shown(result.images[mine])),
                                   title=f"{layer}:{unit} · {options['preset']} · {where} · objective {value:.3g}")
             self.row.layout.display = None if len(units) > 1 else "none"
             if len(units) > 1:
                 with self.hushed(self.row):
                     self.row.columns = len(units)
-                    self.row.show_grid(result.images[::starts],
+                    self.row.show_grid(self.shown(result.images[::starts]),
                                        title=f"{layer}: units {units[0]}–{units[-1]} · click one to open it")
                     self.row.selected = main
             self.save.disabled = False
@@ -166,7 +168,7 @@ class FeaturesView(SynthesisView):
     # --- saving -------------------------------------------------------------------------------
 
     def current_image(self) -> torch.Tensor | None:
-        return None if self.result is None else tile_row(self.result.images[self._shown[0]])
+        return None if self.result is None else tile_row(self.shown(self.result.images[self._shown[0]]))
 
     def filename(self) -> str:
         return f"{self._shown[1]}.png".replace("/", "_")

@@ -16,29 +16,36 @@ from .features_view import FeaturesView
 from .occlusion_view import OcclusionView
 from .synthesis import SynthesisView
 
+SYNTHESIS = {"Features": FeaturesView, "Classes": ClassesView}
+
 
 class Lens(W.VBox):
     """Tabs for activations, attribution, occlusion, DeconvNet, features and classes over one image picker.
 
-    The synthesis tabs (Features, Classes) compute only while open. Units are linked: clicking a feature
-    map in Activations or choosing a layer/unit in DeconvNet or Features selects it in the other two.
-    ``synthesis`` passes keyword arguments to the synthesis views, e.g. ``{"steps": 64}`` for quick looks.
+    The synthesis tabs (Features, Classes) compute only while open. Units are linked:
+    clicking a feature map in Activations or choosing a layer/unit in DeconvNet or Features selects it in the
+    other two. ``options`` gives keyword arguments per synthesis tab, e.g. ``{"Features": {"steps": 64},
+    "Classes": {"steps": 64}}`` for quick looks.
     """
 
-    def __init__(self, model: torch.nn.Module, images: Any, *, synthesis: dict | None = None):
+    def __init__(self, model: torch.nn.Module, images: Any, *, options: dict[str, dict] | None = None):
         self.model = model
         self.images = Images(images, model)
         self.index = W.IntSlider(value=0, min=0, max=len(self.images) - 1, description="image",
                                  continuous_update=False)
-        quick = dict(synthesis or {}, active=False)
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(SYNTHESIS))
+        if unknown:
+            raise ValueError(f"options: no synthesis tab {unknown[0]!r}. Tabs that take options: "
+                             f"{', '.join(SYNTHESIS)}.")
         self.views = {
             "Activations": ActivationsView(model, self.images, self.index),
             "Attribution": AttributionView(model, self.images, self.index),
             "Occlusion": OcclusionView(model, self.images, self.index),
             "DeconvNet": DeconvView(model, self.images, self.index),
-            "Features": FeaturesView(model, self.images, self.index, **_accepted(FeaturesView, quick)),
-            "Classes": ClassesView(model, self.images, self.index, **_accepted(ClassesView, quick)),
         }
+        for title, view_class in SYNTHESIS.items():
+            self.views[title] = view_class(model, self.images, self.index, **options.get(title, {}), active=False)
         self.tabs = W.Tab(children=list(self.views.values()))
         for i, title in enumerate(self.views):
             self.tabs.set_title(i, title)
@@ -106,14 +113,6 @@ class Lens(W.VBox):
     def wait(self, timeout: float = 120.0) -> bool:
         """Block until every view has finished computing."""
         return all(view.wait(timeout) for view in self.views.values())
-
-
-def _accepted(view_class: type, options: dict) -> dict:
-    """The keyword arguments among ``options`` that ``view_class`` takes."""
-    import inspect
-
-    names = inspect.signature(view_class.__init__).parameters
-    return {k: v for k, v in options.items() if k in names}
 
 
 def demo() -> Lens:

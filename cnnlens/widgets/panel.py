@@ -65,6 +65,7 @@ class Panel(anywidget.AnyWidget):
     selected = traitlets.Int(-1).tag(sync=True)
     columns = traitlets.Int(0).tag(sync=True)  # grid columns; 0: about square
     zoomable = traitlets.Bool(True).tag(sync=True)  # a grid shows the clicked tile enlarged below it
+    normalize = traitlets.Bool(True).tag(sync=True)  # a grid scales each tile to its range (False: [0, 1] as is)
     size = traitlets.Int(256).tag(sync=True)
     status = traitlets.Unicode("idle").tag(sync=True)
     progress = traitlets.Float(0.0).tag(sync=True)
@@ -136,7 +137,8 @@ class Panel(anywidget.AnyWidget):
         self.show(None, compact.float(), title=title)
 
     def show_grid(self, tiles: torch.Tensor, title: str | None = None) -> None:
-        """Draw N×h×w maps (or N×3×h×w RGB tiles), each scaled to its own range; click zooms one."""
+        """Draw N×h×w maps (or N×3×h×w RGB tiles), each scaled to its own range unless ``normalize`` is off
+        (images in [0, 1] drawn as they are); click selects one (and zooms it when ``zoomable``)."""
         tiles = tiles.detach().cpu().float()
         rgb = tiles.dim() == 4
         payload = {"heat": tiles.numpy().astype(np.float32).tobytes(),

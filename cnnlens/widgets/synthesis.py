@@ -34,6 +34,21 @@ def tile_row(images: torch.Tensor, gap: int = GAP) -> torch.Tensor:
     return row
 
 
+def stretch(images: torch.Tensor, low: float = 0.005, high: float = 0.995) -> torch.Tensor:
+    """Each image's contrast stretched for display: its ``low``..``high`` quantiles (all channels) to 0..1.
+
+    What the Keras post's ``deprocess_image`` and Yosinski's toolbox do before showing an image; an image
+    that already spans [0, 1] (lucid, raw) barely changes, a nearly flat one (keras: a few steps from gray)
+    shows its pattern.
+    """
+    flat = images.detach().float().flatten(1)
+    if flat.shape[1] > 1_000_000:  # quantile's limit: estimate from a strided sample
+        flat = flat[:, ::flat.shape[1] // 1_000_000 + 1]
+    lo = torch.quantile(flat, low, dim=1).view(-1, *[1] * (images.dim() - 1))
+    hi = torch.quantile(flat, high, dim=1).view(-1, *[1] * (images.dim() - 1))
+    return ((images.float() - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1)
+
+
 def png_bytes(image: torch.Tensor) -> bytes:
     """A C×H×W image in [0, 1] (gray or RGB) as PNG bytes."""
     from PIL import Image
@@ -60,6 +75,7 @@ class SynthesisView(View):
                  index: W.IntSlider | None = None, *, active: bool = True):
         self._active = active
         self._stale = False
+        self._drawn: tuple | None = None  # (draw, result, state) of the result shown last: redrawn on display changes
         self.saved = b""  # the bytes of the last "save PNG"
         super().__init__(model, images, panels, controls, index)
 
@@ -121,7 +137,26 @@ class SynthesisView(View):
                     return last[0], "stopped"
                 raise
 
-        self.runner.submit(compute, lambda outcome: draw(*outcome))
+        def publish(outcome):
+            self._drawn = (draw, *outcome)
+            draw(*outcome)
+
+        self.runner.submit(compute, publish)
+
+    def redraw(self, _change: Any = None) -> None:
+        """Draw the last result again (a display option changed: nothing is recomputed)."""
+        if self._drawn is not None and not self.closed:
+            draw, result, state = self._drawn
+            draw(result, state)
+
+    def shown(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` as displayed (and saved): contrast-stretched when the view has a ticked ``contrast`` box."""
+        box = getattr(self, "contrast", None)
+        return stretch(images) if box is not None and box.value else images
+
+    def close(self) -> None:
+        self._drawn = None
+        super().close()
 
     # --- saving -------------------------------------------------------------------------------
 
@@ -143,6 +178,12 @@ class SynthesisView(View):
         """Send the current image to the browser as a PNG download (the "save PNG" button)."""
         self.saved = self.png()
         panel.download(self.saved, self.filename())
+
+
+def contrast_box() -> W.Checkbox:
+    return W.Checkbox(value=True, description="stretch contrast", indent=False,
+                      tooltip="display (and save) each image with its contrast stretched, as the Keras post and "
+                              "Yosinski et al. do; the model's scores are always on the image itself")
 
 
 def save_button(view: SynthesisView, panel_of: Callable[[], Panel]) -> W.Button:
