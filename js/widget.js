@@ -191,7 +191,8 @@ function renderGrid(model, ui) {
     const box = ui.canvas.getBoundingClientRect();
     const x = Math.floor(((event.clientX - box.left) / box.width) * W / (tw + gap));
     const y = Math.floor(((event.clientY - box.top) / box.height) * H / (th + gap));
-    ui.hover.textContent = x < cols && y * cols + x < count ? `#${y * cols + x}` : "";
+    const t = y * cols + x;
+    ui.hover.textContent = x < cols && t < count ? (model.get("tile_names")[t] || `#${t}`) : "";
   };
   zoom(model.get("selected"));
   return true;
@@ -294,7 +295,8 @@ function render({ model, el: root }) {
   };
   model.on("msg:custom", onMessage);
   const events = ["change:image", "change:heat", "change:shape", "change:cmap", "change:cmap_index", "change:opacity", "change:signed",
-    "change:vmax", "change:rect", "change:legend", "change:bars", "change:size", "change:title", "change:kind", "change:selected", "change:columns", "change:zoomable", "change:normalize"];
+    "change:vmax", "change:rect", "change:legend", "change:bars", "change:size", "change:title", "change:kind", "change:selected", "change:columns", "change:zoomable", "change:normalize",
+    "change:tile_names"];
   const statusEvents = ["change:status", "change:progress", "change:error", "change:details"];
   events.forEach((e) => model.on(e, schedule));
   statusEvents.forEach((e) => model.on(e, showStatus));

@@ -603,6 +603,7 @@ def test_features_controls_reach_the_engine_in_one_batched_call(shapes, monkeypa
     assert view.wait(60) and [t.description for t in calls[-1][0][0]] == [
         cl.channel("stage3", u).description for u in (0, 1, 2)]
     assert view.row.columns == 3 and view.row.selected == 0 and view.row.shape[:3] == [3, 40, 40]
+    assert view.row.tile_names == ["unit 0", "unit 1", "unit 2"] and not view.row.normalize
     view.layer.value = "stage2"
     assert view.wait(60) and view.unit.max == 31 and view.image_panel.title.startswith("stage2:0 ·")
     view.close()

@@ -158,6 +158,7 @@ class FeaturesView(SynthesisView):
             if len(units) > 1:
                 with self.hushed(self.row):
                     self.row.columns = len(units)
+                    self.row.tile_names = [f"unit {u}" for u in units]
                     self.row.show_grid(self.shown(result.images[::starts]),
                                        title=f"{layer}: units {units[0]}–{units[-1]} · click one to open it")
                     self.row.selected = main
