@@ -25,7 +25,7 @@ from .explain import (
     saliency,
     smoothgrad,
 )
-from .synthesize import alpha_norm, l1, l2, total_variation, visualize
+from .synthesize import alpha_norm, deepdream, invert, l1, l2, total_variation, visualize
 
 __version__ = "0.1.0"
 
@@ -41,7 +41,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "METHODS", "CancelToken", "Cancelled", "Explanation", "InputSpec", "LayerInfo", "Lens", "Objective", "Prediction",
-    "Synthesis", "alpha_norm", "demo", "l1", "l2", "total_variation", "visualize",
+    "Synthesis", "alpha_norm", "deepdream", "demo", "invert", "l1", "l2", "total_variation", "visualize",
     "cam", "channel", "configure", "deconvnet", "direction", "gradcam", "guided_backprop", "input_x_gradient",
     "integrated_gradients", "layers", "lime", "logit", "neuron", "occlusion", "predicted", "prob", "saliency",
     "smoothgrad", "zoo",

@@ -6,8 +6,10 @@ parametrizations), ``transforms`` (random tensor→tensor closures), ``regulariz
 data), ``render`` (the one optimization loop), and one module per method.
 """
 
+from .deepdream import deepdream
+from .invert import invert
 from .presets import PRESETS, Preset
 from .regularizers import alpha_norm, l1, l2, total_variation
 from .visualize import visualize
 
-__all__ = ["PRESETS", "Preset", "alpha_norm", "l1", "l2", "total_variation", "visualize"]
+__all__ = ["PRESETS", "Preset", "alpha_norm", "deepdream", "invert", "l1", "l2", "total_variation", "visualize"]
