@@ -803,13 +803,13 @@ def test_closing_a_synthesis_view_mid_optimization_releases_everything(shapes):
 
     from ipywidgets.widgets.widget import _instances
 
-    from cnnlens.widgets import ClassesView, FeaturesView
+    from cnnlens.widgets import ClassesView, DreamView, FeaturesView, InversionView
     from cnnlens.zoo import shapes_model
 
     _, data = shapes
     model = shapes_model()
     alive = weakref.ref(model)
-    for view_class in (FeaturesView, ClassesView):
+    for view_class in (FeaturesView, ClassesView, DreamView, InversionView):
         view = view_class(model, data, steps=5000)
         while view.runner._thread is None or not view.runner._busy:
             time.sleep(0.01)
@@ -823,8 +823,87 @@ def test_closing_a_synthesis_view_mid_optimization_releases_everything(shapes):
     assert alive() is None
 
 
+def test_dream_view_controls_reach_the_engine_and_the_dream_streams(shapes, monkeypatch):
+    from cnnlens.widgets import DreamView, dream_view
+
+    calls = recording(monkeypatch, dream_view, "deepdream")
+    model, data = shapes
+    view = DreamView(model, data, layer="stage3", steps=4, octaves=2)
+    titles = titles_of(view.dream_panel)
+    assert view.wait(60) and view.runner.last_error is None
+    (image, target), options = calls[-1]
+    assert target == "stage3" and torch.equal(image, data.images[0])  # unit -1: the layer's L2 norm
+    assert options["steps"] == 4 and options["octaves"] == 2 and callable(options["partial"])
+    assert any(t.startswith("dream of stage3 (L2) · octave 1/2, step 4/4 · objective ") for t in titles)
+    assert view.dream_panel.title.startswith("dream of stage3 (L2) · 2 octaves × 4 steps · objective ")
+    assert view.dream_panel.image != view.input_panel.image and view.dream_panel.shape == [64, 64]
+    for control, value, key in ((view.octaves, 3, "octaves"), (view.octave_scale, 1.6, "octave_scale"),
+                                (view.step_size, 3.0, "step_size"), (view.steps, 6, "steps")):
+        calls.clear()
+        control.value = value
+        assert view.wait(60) and view.runner.last_error is None, key
+        assert len(calls) == 1 and calls[0][1][key] == value, key
+    view.unit.value = 5
+    assert view.wait(60) and calls[-1][0][1].description == cl.channel("stage3", 5).description
+    assert view.dream_panel.title.startswith("dream of stage3:5 · ")
+    view.index.value = 4  # the dream follows the image picker
+    assert view.wait(60) and torch.equal(calls[-1][0][0], data.images[4])
+    assert view.filename() == "dream_stage3_5.png" and view.png()[:4] == b"\x89PNG"
+    view.close()
+
+
+def test_dream_stop_keeps_the_image_dreamed_so_far(shapes):
+    from cnnlens.widgets import DreamView
+
+    model, data = shapes
+    view = DreamView(model, data, steps=500, octaves=3, active=False)
+    titles = titles_of(view.dream_panel)
+    view.activate()
+    start = time.monotonic()
+    while not any("octave 1/3" in t for t in titles) and time.monotonic() - start < 60:
+        time.sleep(0.02)
+    view.dream_panel._message(view.dream_panel, {"type": "stop"}, [])
+    assert view.wait(30) and view.dream_panel.status == "idle"
+    assert "stopped at octave 1/3, step " in view.dream_panel.title and not view.save.disabled
+    view.close()
+
+
+def test_inversion_view_reconstructs_across_depth_with_errors(shapes, monkeypatch):
+    from cnnlens.widgets import InversionView, inversion_view
+
+    calls = recording(monkeypatch, inversion_view, "invert")
+    model, data = shapes
+    view = InversionView(model, data, steps=40)
+    titles = titles_of(view.panel)
+    assert view.layers.value == ("stage1", "stage2", "stage3", "stage4")
+    assert view.wait(120) and view.runner.last_error is None
+    (image, layers), options = calls[-1]
+    assert layers == ["stage1", "stage2", "stage3", "stage4"] and options["steps"] == 40
+    assert torch.equal(image, data.images[0])
+    assert any(" · step 20/40" in t for t in titles)  # streamed while converging
+    assert view.panel.title == "stage1 · stage2 · stage3 · stage4 (shallow → deep) · 40 steps"
+    assert view.panel.shape == [64, 4 * 64 + 3 * 2]
+    errors = view.result.history[-1].tolist()
+    assert [name for name, _ in view.errors.bars] == list(layers)
+    assert [e for _, e in view.errors.bars] == pytest.approx(errors)
+    calls.clear()
+    view.layers.value = ("stage4", "stage2.conv1", "fc")  # chosen in any order: drawn shallow to deep
+    assert view.wait(120) and view.runner.last_error is None
+    assert calls[-1][0][1] == ["stage2.conv1", "stage4", "fc"] and view.panel.shape == [64, 3 * 64 + 2 * 2]
+    view.steps.value = 20
+    assert view.wait(120) and calls[-1][1]["steps"] == 20
+    before = len(calls)
+    view.layers.value = ()
+    assert view.wait(60) and len(calls) == before
+    assert view.panel.status == "error" and "at least one layer" in view.panel.error
+    view.layers.value = ("stage1",)
+    assert view.wait(60) and view.panel.status == "idle" and view.panel.shape == [64, 64]
+    assert view.filename() == "inversion_stage1.png"
+    view.close()
+
+
 def test_synthesis_views_leave_the_model_as_it_was(shapes):
-    from cnnlens.widgets import ClassesView, FeaturesView
+    from cnnlens.widgets import ClassesView, DreamView, FeaturesView, InversionView
     from cnnlens.zoo import shapes_model
 
     _, data = shapes
@@ -833,7 +912,8 @@ def test_synthesis_views_leave_the_model_as_it_was(shapes):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [(m.training, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
              for m in model.modules()]
-    for view in (FeaturesView(model, data, steps=8, size=32), ClassesView(model, data, steps=8)):
+    for view in (FeaturesView(model, data, steps=8, size=32), ClassesView(model, data, steps=8),
+                 DreamView(model, data, steps=2, octaves=2), InversionView(model, data, steps=8)):
         assert view.wait(60) and view.runner.last_error is None, view.runner.last_error
         view.close()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

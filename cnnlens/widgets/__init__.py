@@ -4,11 +4,13 @@ from .activations import ActivationsView
 from .attribution import AttributionView
 from .classes_view import ClassesView
 from .deconv_view import DeconvView
+from .dream_view import DreamView
 from .export import export_assets, export_html
 from .features_view import FeaturesView
+from .inversion_view import InversionView
 from .lens import Lens, demo
 from .occlusion_view import OcclusionView
 from .panel import Panel
 
-__all__ = ["ActivationsView", "AttributionView", "ClassesView", "DeconvView", "FeaturesView", "Lens", "OcclusionView",
-           "Panel", "demo", "export_assets", "export_html"]
+__all__ = ["ActivationsView", "AttributionView", "ClassesView", "DeconvView", "DreamView", "FeaturesView",
+           "InversionView", "Lens", "OcclusionView", "Panel", "demo", "export_assets", "export_html"]

@@ -12,20 +12,23 @@ from .attribution import AttributionView
 from .base import Images, close_widgets, close_with_front_end
 from .classes_view import ClassesView
 from .deconv_view import DeconvView
+from .dream_view import DreamView
 from .features_view import FeaturesView
+from .inversion_view import InversionView
 from .occlusion_view import OcclusionView
 from .synthesis import SynthesisView
 
-SYNTHESIS = {"Features": FeaturesView, "Classes": ClassesView}
+SYNTHESIS = {"Features": FeaturesView, "Classes": ClassesView, "Deep Dream": DreamView, "Inversion": InversionView}
 
 
 class Lens(W.VBox):
-    """Tabs for activations, attribution, occlusion, DeconvNet, features and classes over one image picker.
+    """Tabs for activations, attribution, occlusion, DeconvNet, features, classes, Deep Dream and inversion
+    over one image picker.
 
-    The synthesis tabs (Features, Classes) compute only while open. Units are linked:
+    The synthesis tabs (Features, Classes, Deep Dream, Inversion) compute only while open. Units are linked:
     clicking a feature map in Activations or choosing a layer/unit in DeconvNet or Features selects it in the
     other two. ``options`` gives keyword arguments per synthesis tab, e.g. ``{"Features": {"steps": 64},
-    "Classes": {"steps": 64}}`` for quick looks.
+    "Deep Dream": {"octaves": 3}}`` for quick looks.
     """
 
     def __init__(self, model: torch.nn.Module, images: Any, *, options: dict[str, dict] | None = None):
