@@ -18,6 +18,8 @@ ReLUs all work; max-pool switches come from autograd for free.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -25,52 +27,42 @@ from torch.overrides import TorchFunctionMode
 RULES = ("guided", "deconvnet", "redirected")
 
 
-class _Guided(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        out = x.clamp(min=0)
-        ctx.save_for_backward(out)
-        return out
+def _rule(backward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[type, type]:
+    """The out-of-place and in-place autograd Functions of a ReLU whose forward is the ordinary one and whose
+    backward is ``backward(output, grad)`` (the output says where the input was positive)."""
 
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return grad.clamp(min=0) * (out > 0)
+    class OutOfPlace(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            out = x.clamp(min=0)
+            ctx.save_for_backward(out)
+            return out
 
+        @staticmethod
+        def backward(ctx, grad):
+            return backward(ctx.saved_tensors[0], grad)
 
-class _GuidedInPlace(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.mark_dirty(x)
-        x.clamp_(min=0)
-        ctx.save_for_backward(x)
-        return x
+    class InPlace(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.mark_dirty(x)
+            x.clamp_(min=0)
+            ctx.save_for_backward(x)
+            return x
 
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return grad.clamp(min=0) * (out > 0)
+        @staticmethod
+        def backward(ctx, grad):
+            return backward(ctx.saved_tensors[0], grad)
 
-
-class _Deconv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.clamp(min=0)
+    return OutOfPlace, InPlace
 
 
-class _DeconvInPlace(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.mark_dirty(x)
-        return x.clamp_(min=0)
+def _guided(out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(min=0) * (out > 0)
 
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.clamp(min=0)
+
+def _deconv(out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(min=0)
 
 
 def _redirected(out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -82,37 +74,9 @@ def _redirected(out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return torch.where(magnitude > 0, passed, redirected)
 
 
-class _Redirected(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        out = x.clamp(min=0)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return _redirected(out, grad)
-
-
-class _RedirectedInPlace(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.mark_dirty(x)
-        x.clamp_(min=0)
-        ctx.save_for_backward(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        return _redirected(out, grad)
-
-
 _OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu}
 _IN_PLACE = {F.relu_, torch.relu_, torch.Tensor.relu_}
-_FUNCTIONS = {"guided": (_Guided, _GuidedInPlace), "deconvnet": (_Deconv, _DeconvInPlace),
-              "redirected": (_Redirected, _RedirectedInPlace)}
+_FUNCTIONS = {"guided": _rule(_guided), "deconvnet": _rule(_deconv), "redirected": _rule(_redirected)}
 
 
 class ReLURule(TorchFunctionMode):
