@@ -22,7 +22,7 @@ from torch import nn
 from .hooks import Capture, StopForward
 from .images import Batch, to_batch
 from .model import InputSpec, LayerInfo, expected_channels, find_layer, probe_layers, spec_of, unwrap
-from .objectives import Context, Objective
+from .objectives import Objective
 from .results import Prediction
 from .shadow import ShadowError, copyable, guarded, module_name, named_modules, view
 
@@ -154,9 +154,6 @@ class Session:
         finally:
             cap.stop_after = None
         return None
-
-    def context(self, x: torch.Tensor, cap: Capture, logits: torch.Tensor | None) -> Context:
-        return Context(x, cap.activations, logits)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Checked B×K logits for ``x``: NaN/Inf or a wrong shape is a clear ValueError."""

@@ -148,8 +148,8 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
                 params = {"mask_size": mask_size, "stride": p, "mask_value": mask_value, "unit_layer": info.name}
                 result = explanation(s, batch, maps.pop("map"), maps.pop("raw"), method="occlusion",
                                      objective=objective, layer=info.name, params=params, logits=logits,
-                                     extras=_extras(maps, units, clean, batch.single), label_maps=("label_map",),
-                                     resized=("unit_map", "log_map", "drop_map", "mean_map"), keep_dtype=True)
+                                     extras=_extras(maps, units, clean), label_maps=("label_map",),
+                                     resized=tuple(k for k in _CONTINUOUS if k in maps), keep_dtype=True)
                 if p != passes[-1]:
                     partial(result)
         return result
@@ -195,13 +195,12 @@ def _log_values(objective: Objective, ctx: Context) -> torch.Tensor | None:
     return log_p.gather(1, objective.classes(len(log_p), log_p.device)[:, None])[:, 0]
 
 
-def _extras(maps: dict, units: torch.Tensor, clean: torch.Tensor, single: bool) -> dict:
-    extras = dict(maps)
-    extras["unit"] = units.cpu()
-    extras["clean_value"] = clean.cpu()
-    if extras.get("log_map") is None:  # not a class probability: no log-space maps
-        extras["log_map"] = extras["drop_map"] = torch.zeros_like(extras["unit_map"])
-    return extras
+_CONTINUOUS = ("unit_map", "log_map", "drop_map", "mean_map")  # extras resized like the map
+
+
+def _extras(maps: dict, units: torch.Tensor, clean: torch.Tensor) -> dict:
+    """The per-image extras; ``log_map``/``drop_map`` only for a class probability (they are log-space maps)."""
+    return dict(maps, unit=units.cpu(), clean_value=clean.cpu())
 
 
 class _Run:
@@ -282,7 +281,7 @@ class _Run:
             "unit_map": at_position(grids["unit"]).float(),
             "label_map": _nearest(labels.view(shape), ys, xs, self.mask_size, size),
             "unit_grid": grids["unit"].view(shape).float().cpu(), "label_grid": labels.view(shape).cpu(),
-            "positions": [(ys, xs)] * b, "log_map": None,
+            "positions": [(ys, xs)] * b,
         }
         if has_log:
             log_map = at_position(grids["log"])

@@ -200,6 +200,20 @@ class View(W.VBox):
         """Whether an observed ``change`` was made by the view itself (filling a dropdown), not by the user."""
         return id(change["owner"]) in self._hush
 
+    def move_unit(self, layer: str, unit: int) -> bool | None:
+        """Set this view's ``layer`` and ``unit`` controls quietly (for a linked view; the view has ``table``,
+        ``layer`` and ``unit``): None when it has no such layer or unit, False when they already show it, True
+        when they changed and the caller should recompute."""
+        if self.closed or layer not in self.table or not 0 <= unit < self.table[layer].channels:
+            return None
+        if (layer, unit) == (self.layer.value, self.unit.value):
+            return False
+        with self.hushed(self.layer, self.unit):
+            self.layer.value = layer
+            self.unit.max = self.table[layer].channels - 1
+            self.unit.value = unit
+        return True
+
     @contextmanager
     def hushed(self, *widgets: W.Widget) -> Iterator[None]:
         """Changes made to ``widgets`` inside this block are the view's own: :meth:`quiet` is True for them."""

@@ -50,15 +50,10 @@ class DeconvView(View):
 
         Returns False when this view has no such layer or unit.
         """
-        if self.closed or layer not in self.table or not 0 <= unit < self.table[layer].channels:
-            return False
-        if (layer, unit) != (self.layer.value, self.unit.value):
-            with self.hushed(self.layer, self.unit):
-                self.layer.value = layer
-                self.unit.max = self.table[layer].channels - 1
-                self.unit.value = unit
+        moved = self.move_unit(layer, unit)
+        if moved:
             self.refresh()
-        return True
+        return moved is not None
 
     def refresh(self) -> None:
         image, _ = self.image

@@ -113,10 +113,10 @@ class FeaturesView(SynthesisView):
 
         Returns False when this view has no such layer or unit.
         """
-        if self.closed or layer not in self.table or not 0 <= unit < self.table[layer].channels:
-            return False
-        if (layer, unit) == (self.layer.value, self.unit.value):
-            return True
+        moved = self.move_unit(layer, unit)
+        if moved:
+            self.request()
+        return moved is not None
         with self.hushed(self.layer, self.unit):
             self.layer.value = layer
             self.unit.max = self.table[layer].channels - 1
