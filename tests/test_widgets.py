@@ -549,7 +549,11 @@ def test_occlusion_streams_from_the_engine_not_from_a_coarse_pass_in_the_view(sh
     view.mask_size.value = 8
     assert view.wait(60) and view.runner.last_error is None
     assert len(calls) == 1 and callable(calls[0]["partial"]) and calls[0]["stride"] == view.stride.value
-    assert view.prob_panel.results - before == 2  # the engine's coarse map, then the final one
+    from cnnlens.explain.occlusion import _passes
+
+    passes = _passes((64, 64), 8, view.stride.value)
+    # the engine's coarser maps (the first always drawn, later ones unless within the runner's 0.1 s), then the final
+    assert 2 <= view.prob_panel.results - before <= len(passes), (passes, view.prob_panel.results - before)
     view.close()
 
 
