@@ -28,8 +28,8 @@ import torchvision
 
 import cnnlens as cl
 
-STEPS = 32
-ROUNDS = 5
+STEPS = 128
+ROUNDS = 3
 
 
 def _lucent():

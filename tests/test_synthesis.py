@@ -138,3 +138,16 @@ def test_strength_moves_from_raw_to_heavily_regularized():
     assert lucid.at(0).transforms == 0 and lucid.at(1).transforms == 2 * lucid.transforms
     raw = PRESETS["raw"]
     assert not raw.at(0).rules.changes_pixels and raw.at(1).rules.blur_sigma > raw.at(0.5).rules.blur_sigma > 0
+
+
+def test_a_unit_silent_on_the_start_wakes_up():
+    """Lucid's redirected ReLU in the first steps: a unit whose pre-activation is negative on the gray start
+    has no plain gradient, yet the optimization finds images that switch it on."""
+    conv = nn.Conv2d(3, 2, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.fill_(1 / 27)
+        conv.bias.copy_(torch.tensor([-0.8, 0.0]))  # unit 0 needs pixels brighter than 0.8 on average
+    model = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)).eval()
+    result = cl.visualize(model, "1:0", preset="raw", size=16, steps=40, seed=0)
+    assert float(result.history[0, 0]) == 0.0
+    assert float(result.history[-1, 0]) > 0.05

@@ -68,10 +68,13 @@ def _deconv(out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 def _redirected(out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """The ReLU's gradient; for an image whose gradient is all zero there (a dead unit), the gradient that
     would raise the inputs below zero instead (Lucid's redirected ReLU)."""
-    passed = grad * (out > 0)
-    magnitude = passed.flatten(1).norm(dim=1).view(-1, *([1] * (grad.dim() - 1)))
-    redirected = torch.where((out <= 0) & (grad < 0), torch.zeros_like(grad), grad)
-    return torch.where(magnitude > 0, passed, redirected)
+    alive = out > 0
+    passed = grad * alive
+    blocked = passed.flatten(1).abs().amax(1) == 0
+    if not bool(blocked.any()):  # the usual case after the first steps: the plain gradient, no extra pass
+        return passed
+    redirected = grad.masked_fill(~alive & (grad < 0), 0)
+    return torch.where(blocked.view(-1, *([1] * (grad.dim() - 1))), redirected, passed)
 
 
 _OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu}

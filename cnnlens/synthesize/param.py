@@ -2,8 +2,8 @@
 
 - :class:`PixelImage`: the pixels themselves, kept in [0, 1] after every step.
 - :class:`FourierImage`: a Fourier basis whose coefficients are scaled by
-  1/frequency (so every frequency starts with equal energy in the image, a
-  1/f spectrum), with decorrelated colour (Lucid's ImageNet colour
+  1/frequency^p (p = 1: every frequency starts with equal energy in the
+  image, Lucid's 1/f spectrum; a larger p damps fine detail), with decorrelated colour (Lucid's ImageNet colour
   correlation square root) and a sigmoid to [0, 1] (Olah et al. 2017).
 
 Both take their random start from a private generator.
@@ -61,7 +61,10 @@ class FourierImage:
         fy = torch.fft.fftfreq(h)[:, None]
         fx = torch.fft.rfftfreq(w)[None, :]
         freqs = (fy**2 + fx**2).sqrt()
-        self.scale = (1.0 / freqs.clamp(min=1.0 / max(h, w)) ** decay_power).to(device)
+        # 1/f^p relative to the lowest frequency's gain at p = 1: a steeper spectrum damps fine detail
+        # rather than amplifying the coarse structure (which would saturate the sigmoid)
+        lowest = 1.0 / max(h, w)
+        self.scale = ((lowest / freqs.clamp(min=lowest)) ** decay_power / lowest).to(device)
         spectrum = torch.randn((b, c, h, w // 2 + 1, 2), generator=gen) * sd
         self.spectrum = spectrum.to(device).requires_grad_(True)
         self.color = _COLOR.to(device) if decorrelate and c == 3 else None

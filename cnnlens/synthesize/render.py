@@ -3,10 +3,11 @@
 Each step: the parametrization makes the image, the transforms jitter it,
 the shadow network runs it (stopping after the deepest layer the objective
 reads), and the gradient of the per-image scores with respect to the
-parametrization's own tensors (never the model's) moves the image. For the
-first steps ReLUs backpropagate with Lucid's redirected rule, so a unit that
-is silent on the starting image still gets a gradient; after that the plain
-gradient (the rule's function mode costs Python time on every op). Progress,
+parametrization's own tensors (never the model's) moves the image. When some
+image gets no gradient at all from the first step, the first steps use
+Lucid's redirected ReLU rule, so a unit that is silent on the starting image
+still wakes up; otherwise the plain gradient throughout (the rule's function
+mode costs Python time on every op, so it runs only when needed). Progress,
 cancellation and partial images go through the same channels as every long
 method.
 """
@@ -48,25 +49,41 @@ class Loop:
     extra_layers: frozenset[str] = frozenset()
 
 
+def _gradient(session: Session, param: Any, loop: Loop, rule: ReLURule | None
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """One forward-backward: the per-image scores and their gradient for the parametrization's tensors."""
+    with torch.enable_grad():
+        image = param()
+        x = loop.transform(image) if loop.transform is not None else image
+        if tuple(x.shape[-2:]) != loop.size:
+            x = F.interpolate(x, size=loop.size, mode="bilinear", align_corners=False)
+        with capture(session.net, loop.objective.layers | loop.extra_layers) as cap, rule or nullcontext():
+            logits = session.run(x, loop.objective, cap, also=tuple(loop.extra_layers))
+            values = loop.score(Context(image, cap.activations, logits))
+        return values, torch.autograd.grad(values.sum(), param.parameters())
+
+
+def _silent(grads: tuple[torch.Tensor, ...]) -> bool:
+    """Whether some image got no gradient at all (its unit is silent on it)."""
+    return bool(torch.stack([g.flatten(1).abs().amax(1) for g in grads]).amax(0).eq(0).any())
+
+
 def optimize(session: Session, param: Any, loop: Loop, counter: Steps,
              partial: Callable[[torch.Tensor, int, torch.Tensor], None] | None = None,
              partial_every: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``loop`` on ``param``: (final images N×C×H×W in [0, 1], history steps×N of the scores)."""
     tensors = param.parameters()
-    adam = torch.optim.Adam(tensors, lr=loop.lr) if loop.optimizer == "adam" else None
+    fused = tensors[0].device.type in ("cpu", "cuda")  # one kernel for the whole update
+    adam = torch.optim.Adam(tensors, lr=loop.lr, fused=fused) if loop.optimizer == "adam" else None
     first_scale: torch.Tensor | None = None
     history = []
+    waking = False
     for step in range(loop.steps):
-        with torch.enable_grad():
-            image = param()
-            x = loop.transform(image) if loop.transform is not None else image
-            if tuple(x.shape[-2:]) != loop.size:
-                x = F.interpolate(x, size=loop.size, mode="bilinear", align_corners=False)
-            wake = ReLURule("redirected") if step < WAKE_STEPS else nullcontext()
-            with capture(session.net, loop.objective.layers | loop.extra_layers) as cap, wake:
-                logits = session.run(x, loop.objective, cap, also=tuple(loop.extra_layers))
-                values = loop.score(Context(image, cap.activations, logits))
-            grads = torch.autograd.grad(values.sum(), tensors)
+        rule = ReLURule("redirected") if waking and step < WAKE_STEPS else None
+        values, grads = _gradient(session, param, loop, rule)
+        if step == 0 and _silent(grads):
+            waking = True
+            values, grads = _gradient(session, param, loop, ReLURule("redirected"))
         history.append(values.detach().float().cpu())
         with torch.no_grad():
             if adam is not None:

@@ -51,9 +51,10 @@ def _param(kind: str, chosen: Preset, shape: tuple[int, int, int, int], gen: tor
     raise ValueError(f"Unknown param {kind!r}. Valid: {', '.join(PARAMS)}.")
 
 
-def _transform(transforms: Any, chosen: Preset, side: int, gen: torch.Generator) -> Transform | None:
+def _transform(transforms: Any, chosen: Preset, side: int, gen: torch.Generator,
+               out: tuple[int, int]) -> Transform | None:
     if transforms is None:
-        return compose(standard(side, gen, chosen.transforms)) if chosen.transforms else None
+        return compose(standard(side, gen, chosen.transforms, out)) if chosen.transforms else None
     if transforms is False:
         return None
     if callable(transforms):
@@ -106,7 +107,7 @@ def visualize(model: torch.nn.Module, target: Any, *, preset: str = "lucid", str
         gen = generator(seed, torch.device("cpu"))
         kind = param or chosen.param
         image = _param(kind, chosen, (n, s.channels or 3, *canvas), gen, s.device)
-        transform = _transform(transforms, chosen, min(canvas), gen)
+        transform = _transform(transforms, chosen, min(canvas), gen, model_size)
         combined = _Sum([(1.0, o) for o in objectives])
         diverse_layer = None
         if diversity and starts > 1:

@@ -16,7 +16,8 @@ from .base import Images, spatial_layers
 from .panel import Panel
 from .synthesis import SynthesisView, contrast_box, save_button, style, tile_row
 
-PRESET_ORDER = ("lucid", "yosinski", "keras", "raw", "yosinski1", "yosinski2", "yosinski3", "yosinski4")
+PRESET_ORDER = ("lucid", "lucid-published", "yosinski", "keras", "raw",
+                "yosinski1", "yosinski2", "yosinski3", "yosinski4")
 MAX_STEPS = 2000
 
 
