@@ -1,0 +1,6 @@
+"""The network across a dataset and across training, and whether to trust an explanation.
+
+Built on one streaming pass over the data (``scan``), with embeddings, the
+training monitor, filter health and explanation checks on top. Like the
+engine, nothing here draws or imports the widget layer.
+"""
