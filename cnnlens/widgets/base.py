@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
-import numpy as np
 import torch
 
+from ..core.data import is_one_image, split_item
 from ..core.session import look
 from .controls import target_options
 from .live import LiveRunner
 from .panel import Panel
-
-IMAGE_KEYS = ("image", "img", "pixel_values", "input", "x")  # a dict item's image: the first of these present
-LABEL_KEYS = ("label", "labels", "target", "y")  # and its label: the first of these present (if int-like)
 
 
 class Images:
@@ -26,12 +22,11 @@ class Images:
 
     A dataset's items may be images, tuples/lists (image first; the second element is the label when it is
     int-like, e.g. torchvision's ``(image, label)`` or the shapes data's ``(image, label, mask)``), or dicts
-    (Hugging Face style): the image is under the first of ``IMAGE_KEYS`` present, the label under the first
-    of ``LABEL_KEYS``.
+    (Hugging Face style) with the image and label under the keys ``core.data`` looks for.
     """
 
     def __init__(self, source: Any, model: torch.nn.Module):
-        self.source = [source] if _one_image(source) else source
+        self.source = [source] if is_one_image(source) else source
         self.model = model
         if not hasattr(self.source, "__len__") or len(self.source) == 0:
             raise ValueError("images must be a non-empty dataset, tensor batch or list of images.")
@@ -43,47 +38,6 @@ class Images:
         item, label = split_item(self.source[i])
         with look(self.model) as session:
             return session.prepare(item).x[0].detach(), label
-
-
-def split_item(item: Any) -> tuple[Any, int | None]:
-    """(image, label or None) of one dataset item: an image, a tuple/list or a dict (see :class:`Images`)."""
-    if isinstance(item, Mapping):
-        key = next((k for k in IMAGE_KEYS if k in item), None)
-        if key is None:
-            found = ", ".join(repr(k) for k in item) or "none"
-            raise ValueError(f"A dataset item is a dict with keys {found}; cnnlens looks for the image under "
-                             f"one of {', '.join(map(repr, IMAGE_KEYS))}. Wrap the dataset so its items are "
-                             "(image, label) tuples or use one of those keys.")
-        label_key = next((k for k in LABEL_KEYS if k in item), None)
-        return item[key], (_int_like(item[label_key]) if label_key is not None else None)
-    if isinstance(item, (tuple, list)) and item:
-        return item[0], (_int_like(item[1]) if len(item) > 1 else None)
-    return item, None
-
-
-def _int_like(value: Any) -> int | None:
-    """``value`` as an int if it is one (Python/numpy integer, 0-d or one-element integer tensor/array)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
-            and not value.is_complex() and value.dtype != torch.bool:
-        return int(value.item())
-    if isinstance(value, np.ndarray) and value.size == 1 and np.issubdtype(value.dtype, np.integer):
-        return int(value.item())
-    return None
-
-
-def _one_image(source: Any) -> bool:
-    """Whether ``source`` is a single image (not a collection of them)."""
-    if isinstance(source, (str, Path)) or type(source).__module__.startswith("PIL."):
-        return True
-    if isinstance(source, torch.Tensor):
-        return source.dim() in (2, 3)
-    if isinstance(source, np.ndarray):
-        return source.ndim in (2, 3)  # H×W, H×W×C or C×H×W; a batch is 4-d
-    return False
 
 
 def close_widgets(widget: W.Widget, keep: Sequence[W.Widget] = ()) -> None:
