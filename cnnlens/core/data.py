@@ -119,7 +119,7 @@ def batches(source: Any, batch_size: int = 64, *, num_workers: int = 0,
             yield RawBatch(part, images, [None] * len(part))
         return
     loader = DataLoader(_Items(source, chosen), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_keep_items)
+                        collate_fn=_keep_items, generator=torch.Generator())  # its seed draw: not the global RNG
     start = 0
     for items in loader:
         split = [split_item(item) for item in items]
