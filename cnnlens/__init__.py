@@ -12,6 +12,7 @@ from .core.objectives import Objective, channel, direction, logit, neuron, predi
 from .core.progress import Cancelled, CancelToken
 from .core.results import Explanation, Prediction, Synthesis
 from .core.session import layers
+from .dataset.health import HealthReport, filter_health
 from .explain import (
     METHODS,
     cam,
@@ -45,4 +46,5 @@ __all__ = [
     "cam", "channel", "configure", "deconvnet", "direction", "gradcam", "guided_backprop", "input_x_gradient",
     "integrated_gradients", "layers", "lime", "logit", "neuron", "occlusion", "predicted", "prob", "saliency",
     "smoothgrad", "zoo",
+    "HealthReport", "filter_health",
 ]

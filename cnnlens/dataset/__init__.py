@@ -4,3 +4,7 @@ Built on one streaming pass over the data (``scan``), with embeddings, the
 training monitor, filter health and explanation checks on top. Like the
 engine, nothing here draws or imports the widget layer.
 """
+
+from .health import HealthReport, Pair, filter_health
+
+__all__ = ["HealthReport", "Pair", "filter_health"]
