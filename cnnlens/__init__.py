@@ -12,6 +12,7 @@ from .core.objectives import Objective, channel, direction, logit, neuron, predi
 from .core.progress import Cancelled, CancelToken
 from .core.results import Explanation, Prediction, Synthesis
 from .core.session import layers
+from .dataset import monitor
 from .dataset.health import HealthReport, filter_health
 from .explain import (
     METHODS,
@@ -45,6 +46,6 @@ __all__ = [
     "Synthesis", "alpha_norm", "deepdream", "demo", "invert", "l1", "l2", "total_variation", "visualize",
     "cam", "channel", "configure", "deconvnet", "direction", "gradcam", "guided_backprop", "input_x_gradient",
     "integrated_gradients", "layers", "lime", "logit", "neuron", "occlusion", "predicted", "prob", "saliency",
-    "smoothgrad", "zoo",
+    "smoothgrad", "zoo", "monitor",
     "HealthReport", "filter_health",
 ]

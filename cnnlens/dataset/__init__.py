@@ -6,5 +6,6 @@ engine, nothing here draws or imports the widget layer.
 """
 
 from .health import HealthReport, Pair, filter_health
+from .monitor import Monitor, Record, UnitRecord, monitor
 
-__all__ = ["HealthReport", "Pair", "filter_health"]
+__all__ = ["HealthReport", "Pair", "filter_health", "Monitor", "Record", "UnitRecord", "monitor"]

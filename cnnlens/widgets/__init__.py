@@ -9,8 +9,9 @@ from .export import export_assets, export_html
 from .features_view import FeaturesView
 from .inversion_view import InversionView
 from .lens import Lens, demo
+from .monitor_view import MonitorView
 from .occlusion_view import OcclusionView
 from .panel import Panel
 
 __all__ = ["ActivationsView", "AttributionView", "ClassesView", "DeconvView", "DreamView", "FeaturesView",
-           "InversionView", "Lens", "OcclusionView", "Panel", "demo", "export_assets", "export_html"]
+           "InversionView", "Lens", "MonitorView", "OcclusionView", "Panel", "demo", "export_assets", "export_html"]
