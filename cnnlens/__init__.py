@@ -13,7 +13,10 @@ from .core.progress import Cancelled, CancelToken
 from .core.results import Explanation, Prediction, Synthesis
 from .core.session import layers
 from .dataset import monitor
+from .dataset.checks import ExplanationChecks, SanityCheck, check_explanation, sanity_check
 from .dataset.health import HealthReport, filter_health
+from .dataset.metrics import Curve, deletion, insertion, mask_overlap, pointing_game
+from .dataset.scan import Scan, scan
 from .explain import (
     METHODS,
     cam,
@@ -42,6 +45,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cnnlens' has no attribute {name!r}")
 
 __all__ = [
+    "Scan", "scan",
+    "Curve", "ExplanationChecks", "SanityCheck", "check_explanation", "deletion", "insertion", "mask_overlap",
+    "pointing_game", "sanity_check",
     "METHODS", "CancelToken", "Cancelled", "Explanation", "InputSpec", "LayerInfo", "Lens", "Objective", "Prediction",
     "Synthesis", "alpha_norm", "deepdream", "demo", "invert", "l1", "l2", "total_variation", "visualize",
     "cam", "channel", "configure", "deconvnet", "direction", "gradcam", "guided_backprop", "input_x_gradient",
