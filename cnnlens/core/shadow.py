@@ -595,3 +595,12 @@ def guarded(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, flag in flags:
             module.train(flag) if isinstance(module, torch.jit.ScriptModule) else setattr(module, "training", flag)
+
+
+def private_copy(model: nn.Module) -> nn.Module:
+    """A shadow tree over private copies of every parameter and buffer, for work that must change weights
+    (the randomization check): nothing written to it reaches the user's tensors."""
+    model = unwrap(model)
+    with _LOCK:
+        entry = _entry(model)
+    return _snapshot(model, entry)

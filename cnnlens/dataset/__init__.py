@@ -5,7 +5,11 @@ training monitor, filter health and explanation checks on top. Like the
 engine, nothing here draws or imports the widget layer.
 """
 
+from .checks import ExplanationChecks, SanityCheck, check_explanation, sanity_check
 from .health import HealthReport, Pair, filter_health
+from .metrics import Curve, deletion, insertion, mask_overlap, pointing_game
 from .monitor import Monitor, Record, UnitRecord, monitor
 
-__all__ = ["HealthReport", "Pair", "filter_health", "Monitor", "Record", "UnitRecord", "monitor"]
+__all__ = ["Curve", "ExplanationChecks", "SanityCheck", "check_explanation", "deletion", "insertion",
+           "mask_overlap", "pointing_game", "sanity_check",
+           "HealthReport", "Pair", "filter_health", "Monitor", "Record", "UnitRecord", "monitor"]
