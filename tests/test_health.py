@@ -314,3 +314,39 @@ def test_bad_arguments_raise_clear_errors(shapes, kwargs, error, match):
 def test_a_model_without_convolutions_is_refused():
     with pytest.raises(ValueError, match="has no Conv2d layer"):
         cl.filter_health(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)))
+
+
+def test_view_marks_the_findings_and_follows_its_controls(shapes):
+    from cnnlens.widgets import FilterHealthView
+
+    sick = plant_shapes(shapes[0])
+    view = FilterHealthView(sick, shapes[1])
+    try:
+        assert view.wait(60) and not view.grid.error
+        assert view.grid.title == "stage1.conv1 · 16 filters · 2 dead · pairs: 1 duplicates, 2 rotated, 1 opposite"
+        assert view.grid.shape == [16, 57, 45, 3]
+        tiles = torch.frombuffer(bytearray(view.grid.heat), dtype=torch.float32).view(16, 3, 57, 45)
+        assert torch.allclose(tiles[2, :, 0, 0], torch.tensor([1.0, 0.45, 0.0]), atol=0.01)  # duplicate: orange
+        assert torch.allclose(tiles[7, :, 0, 0], torch.tensor([0.0, 0.66, 0.3]), atol=0.01)  # rotated: green
+        assert torch.allclose(tiles[0, :, 0, 0], torch.ones(3))  # nothing found: no frame
+        assert view.grid.tile_names[7] == "unit 7: rotated copy (rot90) of 3: +1.000"
+        assert "duplicate: 2~5 +1.000" in view.findings.value and "activity on 256 images" in view.findings.value
+        view.grid.selected = 11
+        assert "unit 11: opposite phase of 6: -1.000" in view.unit_info.value
+        view.rotated.value = 0.5  # kernels compared again; the dead units measured on the images stay
+        assert view.wait(60)
+        assert len(view.report.rotated) == 5 and ("stage1.conv1", 13) in view.report.dead
+        assert view.report.images == 256
+        view.layer.value = "stage3.conv1"
+        assert view.wait(60) and view.grid.shape == [64, 57, 45, 3]
+        assert ("stage3.conv1", 50) in view.report.dead
+    finally:
+        view.close()
+    assert view.closed
+    bad = FilterHealthView(sick, torch.rand(4, 5, 64, 64))
+    try:
+        assert bad.wait(60) and "x has 5 channels" in bad.grid.error
+    finally:
+        bad.close()
+    with pytest.raises(ValueError, match="Unknown layer 'stage9'. Conv2d layers: stage1.conv1, "):
+        FilterHealthView(sick, layer="stage9")

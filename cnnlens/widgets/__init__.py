@@ -7,6 +7,7 @@ from .deconv_view import DeconvView
 from .dream_view import DreamView
 from .export import export_assets, export_html
 from .features_view import FeaturesView
+from .health_view import FilterHealthView
 from .inversion_view import InversionView
 from .lens import Lens, demo
 from .monitor_view import MonitorView
@@ -14,4 +15,5 @@ from .occlusion_view import OcclusionView
 from .panel import Panel
 
 __all__ = ["ActivationsView", "AttributionView", "ClassesView", "DeconvView", "DreamView", "FeaturesView",
-           "InversionView", "Lens", "MonitorView", "OcclusionView", "Panel", "demo", "export_assets", "export_html"]
+           "InversionView", "Lens", "MonitorView", "OcclusionView", "Panel", "demo", "export_assets", "export_html",
+           "FilterHealthView"]
