@@ -14,6 +14,7 @@ from .core.results import Explanation, Prediction, Synthesis
 from .core.session import layers
 from .dataset import monitor
 from .dataset.checks import ExplanationChecks, SanityCheck, check_explanation, sanity_check
+from .dataset.embed import Embedder, Embedding, embed
 from .dataset.health import HealthReport, filter_health
 from .dataset.metrics import Curve, deletion, insertion, mask_overlap, pointing_game
 from .dataset.scan import Scan, scan
@@ -45,6 +46,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cnnlens' has no attribute {name!r}")
 
 __all__ = [
+    "Embedder", "Embedding", "embed",
     "Scan", "scan",
     "Curve", "ExplanationChecks", "SanityCheck", "check_explanation", "deletion", "insertion", "mask_overlap",
     "pointing_game", "sanity_check",
