@@ -195,7 +195,17 @@ function renderGrid(model, ui) {
     ui.hover.textContent = x < cols && t < count ? (model.get("tile_names")[t] || `#${t}`) : "";
   };
   zoom(model.get("selected"));
+  captionGrid(ui, model.get("captions"), cols);
   return true;
+}
+
+// One line of text under each tile column (row-major, as the tiles): the canvas' width split in `cols`.
+function captionGrid(ui, captions, cols) {
+  ui.captions.replaceChildren();
+  ui.captions.hidden = !captions.length;
+  ui.captions.style.width = ui.canvas.style.width;
+  ui.captions.style.gridTemplateColumns = `repeat(${cols}, 1fr)`;
+  for (const text of captions) el("span", "cl-caption", ui.captions).textContent = text;
 }
 
 function renderBars(model, ui) {
@@ -219,6 +229,8 @@ function render({ model, el: root }) {
   const ui = {};
   ui.title = el("div", "cl-title", root);
   ui.canvas = el("canvas", "cl-canvas", root);
+  ui.captions = el("div", "cl-captions", root);
+  ui.captions.hidden = true;
   ui.zoom = el("canvas", "cl-zoom", root);
   ui.zoom.hidden = true;
   ui.zoomInfo = el("div", "cl-zoom-info", root);
@@ -296,7 +308,7 @@ function render({ model, el: root }) {
   model.on("msg:custom", onMessage);
   const events = ["change:image", "change:heat", "change:shape", "change:cmap", "change:cmap_index", "change:opacity", "change:signed",
     "change:vmax", "change:rect", "change:legend", "change:bars", "change:size", "change:title", "change:kind", "change:selected", "change:columns", "change:zoomable", "change:normalize",
-    "change:tile_names"];
+    "change:tile_names", "change:captions"];
   const statusEvents = ["change:status", "change:progress", "change:error", "change:details"];
   events.forEach((e) => model.on(e, schedule));
   statusEvents.forEach((e) => model.on(e, showStatus));

@@ -13,7 +13,9 @@ from .lens import Lens, demo
 from .monitor_view import MonitorView
 from .occlusion_view import OcclusionView
 from .panel import Panel
+from .scan_views import ClassImagesView, SharedScan, TopImagesView
 
 __all__ = ["ActivationsView", "AttributionView", "ClassesView", "DeconvView", "DreamView", "FeaturesView",
            "InversionView", "Lens", "MonitorView", "OcclusionView", "Panel", "demo", "export_assets", "export_html",
+           "SharedScan", "TopImagesView", "ClassImagesView",
            "FilterHealthView"]

@@ -66,6 +66,7 @@ class Panel(anywidget.AnyWidget):
     columns = traitlets.Int(0).tag(sync=True)  # grid columns; 0: about square
     zoomable = traitlets.Bool(True).tag(sync=True)  # a grid shows the clicked tile enlarged below it
     tile_names = traitlets.List(traitlets.Unicode(), default_value=[]).tag(sync=True)  # grid hover text per tile
+    captions = traitlets.List(traitlets.Unicode(), default_value=[]).tag(sync=True)  # grid text under each tile
     normalize = traitlets.Bool(True).tag(sync=True)  # a grid scales each tile to its range (False: [0, 1] as is)
     size = traitlets.Int(256).tag(sync=True)
     status = traitlets.Unicode("idle").tag(sync=True)
