@@ -71,7 +71,9 @@ class SharedScan:
         self._lock = threading.Condition()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else "done" if self.result else "running" if self._thread else "not started"
+        if self.closed:
+            return "SharedScan(closed)"
+        state = "done" if self.result else "running" if self._thread else "not started"
         return f"SharedScan({len(self.images)} images, {state})"
 
     # --- users --------------------------------------------------------------------------------
@@ -152,7 +154,8 @@ class SharedScan:
                 self._run.token.cancel()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Cancel a running scan, wait for its thread, and refuse further requests."""
+        """Cancel a running scan, wait for its thread, refuse further requests and drop the model, images
+        and result."""
         with self._lock:
             self.closed = True
             if self._run is not None:
@@ -161,6 +164,7 @@ class SharedScan:
             self._lock.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        self.model = self.images = self.result = None
 
 
 # --- tiles --------------------------------------------------------------------------------------
