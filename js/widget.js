@@ -3,6 +3,7 @@
 // hover values are applied here with no round trip. Text from Python is always set with textContent.
 
 import { COLORMAPS, blend, lut, range, toIndices, view } from "./colormaps.js";
+import { atlasTile, byGroup, fitPoints, nearest } from "./scatter.js";
 
 function el(tag, cls, parent) {
   const node = document.createElement(tag);
@@ -221,12 +222,108 @@ function renderBars(model, ui) {
   return bars.length > 0 || null;
 }
 
-const RENDERERS = { heatmap: renderHeatmap, image: renderHeatmap, labels: renderLabels, grid: renderGrid, bars: renderBars };
+// A scatter of N points (float32 x, y pairs), coloured per point by one of two int32 rows of `groups`
+// (labels, predictions; −1 = unknown) through the legend; the third row holds each point's image index.
+// Hovering shows the point's thumbnail from `atlas` (N t×t RGB thumbnails, sent once) beside the cursor;
+// clicking sets `selected` to the point (Python makes its image the current one).
+function renderScatter(model, ui) {
+  const points = view(model.get("points"), Float32Array);
+  const n = points.length / 2;
+  const groups = view(model.get("groups"), Int32Array);
+  if (!n || groups.length !== 3 * n) return null;
+  const size = model.get("size");
+  const ratio = window.devicePixelRatio || 1;
+  const coords = fitPoints(points, size, 10);
+  const canvas = ui.canvas;
+  canvas.width = canvas.height = Math.round(size * ratio);
+  canvas.style.width = canvas.style.height = `${size}px`;
+  canvas.style.imageRendering = "auto";
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, size, size);
+  const legend = model.get("legend");
+  const row = model.get("color_by") === 1 ? n : 0;
+  const radius = n > 5000 ? 1.5 : n > 1000 ? 2.5 : 3.5;
+  const groupsShown = byGroup(groups, row, n);
+  for (const [g, members] of groupsShown) {
+    ctx.fillStyle = legend[g] ? hex(legend[g][1]) : "rgb(170,170,170)";
+    ctx.beginPath();
+    for (const i of members) {
+      ctx.moveTo(coords[2 * i] + radius, coords[2 * i + 1]);
+      ctx.arc(coords[2 * i], coords[2 * i + 1], radius, 0, 2 * Math.PI);
+    }
+    ctx.fill();
+  }
+  const chosen = model.get("selected");
+  if (chosen >= 0 && chosen < n) {  // the current image: a ring
+    ctx.lineWidth = 2;
+    ctx.strokeStyle = "#000";
+    ctx.beginPath();
+    ctx.arc(coords[2 * chosen], coords[2 * chosen + 1], radius + 4, 0, 2 * Math.PI);
+    ctx.stroke();
+  }
+  ui.legend.replaceChildren();
+  for (const g of groupsShown.keys()) {
+    const item = el("span", "cl-legend-item", ui.legend);
+    el("span", "cl-swatch", item).style.background = legend[g] ? hex(legend[g][1]) : "rgb(170,170,170)";
+    el("span", "", item).textContent = legend[g] ? legend[g][0] : "unknown";
+  }
+  if (!ui.tip) {  // the hover card: a thumbnail and its label, next to the cursor
+    ui.tip = el("div", "cl-tip", ui.root);
+    Object.assign(ui.tip.style, { position: "absolute", pointerEvents: "none", background: "#fff", zIndex: 10,
+      border: "1px solid #888", padding: "3px", boxShadow: "0 1px 4px rgba(0,0,0,.3)" });
+    ui.tipCanvas = el("canvas", "cl-tip-image", ui.tip);
+    ui.tipText = el("div", "cl-tip-text", ui.tip);
+    ui.tip.hidden = true;
+    ui.root.style.position = "relative";
+  }
+  const [count, t] = model.get("atlas_shape");
+  const atlas = view(model.get("atlas"), Uint8Array);
+  const name = (g) => (legend[g] ? legend[g][0] : "unknown");
+  const pointAt = (event) => {
+    const box = canvas.getBoundingClientRect();
+    return nearest(coords, ((event.clientX - box.left) / box.width) * size,
+      ((event.clientY - box.top) / box.height) * size, radius + 6);
+  };
+  canvas.onmousemove = (event) => {
+    const i = pointAt(event);
+    ui.root.dataset.hovered = String(i);
+    if (i < 0) {
+      ui.tip.hidden = true;
+      ui.hover.textContent = "";
+      return;
+    }
+    const text = `image ${groups[2 * n + i]} · label ${name(groups[i])} · predicted ${name(groups[n + i])}`;
+    ui.hover.textContent = text;
+    ui.tipText.textContent = text;
+    const tile = count === n ? atlasTile(atlas, t, i) : null;
+    ui.tipCanvas.hidden = !tile;
+    if (tile) drawPixels(ui.tipCanvas, tile, t, t, Math.max(64, t * 2));
+    const rootBox = ui.root.getBoundingClientRect();
+    ui.tip.style.left = `${event.clientX - rootBox.left + 14}px`;
+    ui.tip.style.top = `${event.clientY - rootBox.top + 14}px`;
+    ui.tip.hidden = false;
+  };
+  canvas.onmouseleave = () => {
+    ui.tip.hidden = true;
+  };
+  canvas.onclick = (event) => {
+    const i = pointAt(event);
+    if (i < 0) return;
+    model.set("selected", i);
+    model.save_changes();
+  };
+  return true;
+}
+
+const RENDERERS = { heatmap: renderHeatmap, image: renderHeatmap, labels: renderLabels, grid: renderGrid, bars: renderBars,
+  scatter: renderScatter };
 
 function render({ model, el: root }) {
   root.classList.add("cnnlens-panel");
   guardKeys(root);
-  const ui = {};
+  const ui = { root };
   ui.title = el("div", "cl-title", root);
   ui.canvas = el("canvas", "cl-canvas", root);
   ui.captions = el("div", "cl-captions", root);
@@ -309,6 +406,7 @@ function render({ model, el: root }) {
   const events = ["change:image", "change:heat", "change:shape", "change:cmap", "change:cmap_index", "change:opacity", "change:signed",
     "change:vmax", "change:rect", "change:legend", "change:bars", "change:size", "change:title", "change:kind", "change:selected", "change:columns", "change:zoomable", "change:normalize",
     "change:tile_names", "change:captions"];
+  events.push("change:points", "change:groups", "change:color_by", "change:atlas", "change:atlas_shape");
   const statusEvents = ["change:status", "change:progress", "change:error", "change:details"];
   events.forEach((e) => model.on(e, schedule));
   statusEvents.forEach((e) => model.on(e, showStatus));

@@ -166,6 +166,11 @@ class Embedder:
         self._vectors: _Vectors | None = None
         self._layouts: OrderedDict[tuple, Embedding] = OrderedDict()
 
+    @property
+    def positions(self) -> list[int]:
+        """The positions in the data of the images embedded (a DataLoader: the first ``total`` it yields)."""
+        return list(range(self.total)) if self._chosen is None else list(self._chosen)
+
     # --- layers -------------------------------------------------------------------------------
 
     def resolve(self, layers: str | nn.Module | None | Sequence[str | nn.Module | None]) -> list[LayerInfo]:

@@ -19,7 +19,7 @@ import traitlets
 from ..core.display import label_colors, to_uint8
 
 STATIC = Path(__file__).parent.parent / "static"
-KINDS = ("heatmap", "image", "labels", "grid", "bars")
+KINDS = ("heatmap", "image", "labels", "grid", "bars", "scatter")
 
 
 def _bundle(name: str) -> Path:
@@ -69,6 +69,11 @@ class Panel(anywidget.AnyWidget):
     captions = traitlets.List(traitlets.Unicode(), default_value=[]).tag(sync=True)  # grid text under each tile
     normalize = traitlets.Bool(True).tag(sync=True)  # a grid scales each tile to its range (False: [0, 1] as is)
     size = traitlets.Int(256).tag(sync=True)
+    points = traitlets.Bytes(b"").tag(sync=True)  # scatter: N×2 float32
+    groups = traitlets.Bytes(b"").tag(sync=True)  # scatter: 3×N int32 (labels, predictions, image indices)
+    color_by = traitlets.Int(0).tag(sync=True)  # scatter: 0 colours by label, 1 by prediction
+    atlas = traitlets.Bytes(b"").tag(sync=True)  # scatter: N t×t RGB uint8 thumbnails, shown on hover
+    atlas_shape = traitlets.List(traitlets.Int(), default_value=[0, 0]).tag(sync=True)  # scatter: [N, t]
     status = traitlets.Unicode("idle").tag(sync=True)
     progress = traitlets.Float(0.0).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
@@ -154,6 +159,18 @@ class Panel(anywidget.AnyWidget):
     def show_bars(self, bars: list[tuple[str, float]], title: str | None = None) -> None:
         """Draw named probabilities as horizontal bars."""
         payload = {"bars": [[str(n), float(p)] for n, p in bars]}
+        if title is not None:
+            payload["title"] = title
+        self._publish(payload)
+
+    def show_scatter(self, points: torch.Tensor, groups: torch.Tensor, names: list[str],
+                     title: str | None = None) -> None:
+        """Draw N×2 ``points`` coloured by class: ``groups`` is 3×N ints (labels, predictions — indices into
+        ``names``, −1 unknown — and each point's image index); ``color_by`` picks the row that colours."""
+        colors = label_colors(max(len(names), 1)).tolist()
+        payload = {"points": points.detach().cpu().float().numpy().astype(np.float32).tobytes(),
+                   "groups": groups.cpu().numpy().astype(np.int32).tobytes(),
+                   "legend": [[str(name), c] for name, c in zip(names, colors)]}
         if title is not None:
             payload["title"] = title
         self._publish(payload)
