@@ -5,6 +5,7 @@ from .attribution import AttributionView
 from .classes_view import ClassesView
 from .deconv_view import DeconvView
 from .dream_view import DreamView
+from .embed_view import EmbeddingView
 from .export import export_assets, export_html
 from .features_view import FeaturesView
 from .health_view import FilterHealthView
@@ -18,4 +19,4 @@ from .scan_views import ClassImagesView, SharedScan, TopImagesView
 __all__ = ["ActivationsView", "AttributionView", "ClassesView", "DeconvView", "DreamView", "FeaturesView",
            "InversionView", "Lens", "MonitorView", "OcclusionView", "Panel", "demo", "export_assets", "export_html",
            "SharedScan", "TopImagesView", "ClassImagesView",
-           "FilterHealthView"]
+           "FilterHealthView", "EmbeddingView"]

@@ -31,6 +31,7 @@ from .synthesis import SynthesisView, style
 MAX_SLIDER_LAYERS = 8  # layers on the depth slider by default
 ATLAS_BYTES = 4_000_000  # thumbnails sent for hovering, at most (their side shrinks with the number of images)
 KNN = 10  # neighbours of the k-NN accuracy shown in the title
+METHOD_NAMES = {"tsne": "t-SNE", "pca": "PCA", "umap": "UMAP"}
 
 
 def depth_layers(table: list[LayerInfo], count: int = MAX_SLIDER_LAYERS) -> list[LayerInfo]:
@@ -96,7 +97,7 @@ class EmbeddingView(SynthesisView):
         self.layer = W.SelectionSlider(options=self.names, value=default if default in self.names else self.names[-1],
                                        description="layer", continuous_update=False, style=style(),
                                        layout=W.Layout(width="420px"))
-        self.method = W.Dropdown(options=methods, value=method, description="method")
+        self.method = W.Dropdown(options=[(METHOD_NAMES[m], m) for m in methods], value=method, description="method")
         self.perplexity = W.FloatSlider(value=perplexity, min=2.0, max=100.0, step=1.0, description="perplexity",
                                         continuous_update=False, disabled=method == "pca")
         self.color = W.ToggleButtons(options=[("label", 0), ("prediction", 1)], value=0, description="colour by",
@@ -154,7 +155,7 @@ class EmbeddingView(SynthesisView):
         self.result = embedding
         self._point = {int(i): p for p, i in enumerate(embedding.indices.tolist())}
         known = embedding.labels >= 0
-        title = f"{embedding.layer} · {embedding.method} of {len(embedding.points)} images"
+        title = f"{embedding.layer} · {METHOD_NAMES[embedding.method]} of {len(embedding.points)} images"
         if state == "running":
             title += " · converging…"
         elif state == "stopped":
