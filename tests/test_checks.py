@@ -260,3 +260,29 @@ def test_the_users_model_is_unchanged(shapes):
     cl.check_explanation(model, data[0][0], "gradcam", mask=data[0][2], steps=4)
     assert_unchanged(model, before)
     assert calls == [] and all(p.grad is None for p in model.parameters())
+
+
+# --- the Attribution view's "check" action ------------------------------------------------------------------
+
+
+def test_attribution_view_check_action(shapes):
+    from cnnlens.widgets import AttributionView
+
+    model, data, _, _ = shapes
+    view = AttributionView(model, data)
+    try:
+        assert view.wait(60) and view.check.box.layout.display == "none"
+        view.check.button.click()
+        assert view.check.runner.wait(120)
+        names = [name for name, _ in view.check.numbers.bars]
+        assert names == ["randomization: passes", "deletion ↓", "insertion ↑", names[3], "mask overlap ↑"]
+        assert view.check.plot.shape[1] > 600 and len(view.check.plot.image) == 3 * view.check.plot.shape[0] * 960
+        # the same numbers as the function a script calls (the item's mask found in the dataset)
+        report = cl.check_explanation(model, data[0][0], "gradcam", mask=data[0][2], steps=32, layer="stage4")
+        assert view.check.numbers.bars[1][1] == pytest.approx(float(report.deletion.auc))
+        assert view.check.numbers.bars[4][1] == pytest.approx(report.overlap)
+        view.method.value = "saliency"  # the map changes: the check no longer describes it
+        assert view.check.box.layout.display == "none"
+    finally:
+        view.close()
+    assert view.check.runner.closed

@@ -92,17 +92,21 @@ class SanityCheck:
         import matplotlib.figure
 
         fig = figure if figure is not None else matplotlib.figure.Figure(figsize=(4.5, 2.6))
-        ax = fig.add_subplot(1, 1, 1)
+        self.plot(fig.add_subplot(1, 1, 1))
+        fig.tight_layout()
+        return fig
+
+    def plot(self, ax: Any) -> None:
+        """Draw the per-layer curves into a matplotlib Axes (x: layers as randomized, top first)."""
         steps = range(len(self.layers))
         for values, label in ((self.spearman, "Spearman"), (self.spearman_abs, "Spearman |·|"), (self.ssim, "SSIM")):
             ax.plot(steps, values.numpy(), marker="o", ms=3, lw=1.2, label=label)
         ax.axhline(self.threshold, color="gray", lw=0.8, ls="--")
         ax.set_xticks(list(steps), self.layers, rotation=60, ha="right", fontsize=6)
-        ax.set_ylim(-0.2, 1.05)
+        ax.set_ylim(-1.05, 1.05)
         ax.legend(fontsize=6)
-        ax.set_title(f"{self.method} · {self.mode} · {'passes' if self.passes else 'fails'}", fontsize=9)
-        fig.tight_layout()
-        return fig
+        verdict = "passes" if self.passes else "fails"
+        ax.set_title(f"{self.mode} randomization · {verdict} (mean |ρ| {self.score:.2f})", fontsize=8)
 
 
 def _method(method: str | MethodInfo) -> MethodInfo:
@@ -280,22 +284,32 @@ def check_explanation(model: torch.nn.Module, x: Any, method: str | MethodInfo =
         xs = batch.x.detach()
         objective = objective_for(s, target, tuple(xs.shape[-2:]))
         objective = objective.bind(clean_logits(s, xs, objective))
-    parts = 2 + (1 if sanity else 0)
-    tracker = Steps(parts, progress, cancel)
     kwargs = dict(method_options)
     if info.seeded:
         kwargs.setdefault("seed", seed)
     if info.long_running:
         kwargs.setdefault("cancel", cancel)
+    Steps(1, None, cancel).check()
     explanation = info.function(model, xs[0], objective, **kwargs)
-    tracker.advance()
+    done = 1
     check = None
     if sanity:
-        check = sanity_check(model, xs[0], info, objective, seed=seed, cancel=cancel, **method_options)
-        tracker.advance()
-    curves = (deletion(model, xs[0], explanation, objective, steps=steps, cancel=cancel),
-              insertion(model, xs[0], explanation, objective, steps=steps, cancel=cancel))
-    tracker.advance()
+        def report(d: int, t: int) -> None:  # the randomization maps, then the two curves
+            if progress is not None:
+                progress(1 + d, t + 3)
+
+        check = sanity_check(model, xs[0], info, objective, seed=seed, progress=report, cancel=cancel,
+                             **method_options)
+        done += len(check.layers) + 1
+    total = done + 2
+    if progress is not None:
+        progress(done, total)
+    curves = []
+    for curve in (deletion, insertion):
+        curves.append(curve(model, xs[0], explanation, objective, steps=steps, cancel=cancel))
+        done += 1
+        if progress is not None:
+            progress(done, total)
     hit = overlap = None
     if mask is not None:
         hit, overlap = pointing_game(explanation, mask), mask_overlap(explanation, mask)

@@ -53,14 +53,24 @@ class Curve:
         import matplotlib.figure
 
         fig = figure if figure is not None else matplotlib.figure.Figure(figsize=(3.2, 2.4))
-        ax = fig.add_subplot(1, 1, 1)
-        scores = self.scores if self.scores.dim() == 2 else self.scores[None]
-        for row in scores:
-            ax.plot(self.fractions.numpy(), row.numpy(), lw=1.2)
-        ax.set_xlabel(f"fraction of pixels {'deleted' if self.kind == 'deletion' else 'inserted'}")
-        ax.set_ylabel("score")
-        ax.set_title(f"{self.kind} · area {float(self.auc.float().mean()):.3f}", fontsize=9)
+        self.plot(fig.add_subplot(1, 1, 1))
+        fig.tight_layout()
         return fig
+
+    def plot(self, ax: Any) -> None:
+        """Draw the curve(s) into a matplotlib Axes, the area under them shaded (one curve) and in the title."""
+        scores = self.scores if self.scores.dim() == 2 else self.scores[None]
+        x = self.fractions.numpy()
+        for row in scores:
+            ax.plot(x, row.numpy(), lw=1.2)
+        if len(scores) == 1:
+            ax.fill_between(x, scores[0].numpy(), alpha=0.25)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(f"fraction of pixels {'deleted' if self.kind == 'deletion' else 'inserted'}", fontsize=7)
+        ax.set_ylabel("probability" if self.target.startswith(("logit", "prob")) else "score", fontsize=7)
+        better = "lower" if self.kind == "deletion" else "higher"
+        ax.set_title(f"{self.kind} · area {float(self.auc.float().mean()):.3f} ({better} is better)", fontsize=8)
 
 
 def as_maps(saliency_map: Any, batch: int, size: tuple[int, int], argument: str = "saliency_map") -> torch.Tensor:

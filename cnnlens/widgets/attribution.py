@@ -12,6 +12,7 @@ from ..explain.registry import METHODS, MethodInfo
 from .base import Images, View, close_widgets, spatial_layers
 from .controls import control_widget, display_controls, link_display
 from .panel import Panel
+from .trust_check import CheckAction
 
 MAX_COMPARE = 4
 
@@ -55,13 +56,32 @@ class AttributionView(View):
         for panel in self.compare_panels:
             panel.layout.display = "none"
         self.method_controls: dict[str, W.Widget] = {}
+        self.check = CheckAction(self._check_request)
         super().__init__(model, images, [self.panel, *self.compare_panels],
-                         [self.method, self.target, self.layer, self.method_box, *self.display, self.compare], index)
+                         [self.method, self.target, self.layer, self.method_box, *self.display, self.compare,
+                          self.check.button], index)
+        self.children = [*self.children, self.check.box]
         self.watch(self.method, lambda _: self._method_changed())
         for widget in (self.target, self.layer, self.compare):
             self.watch(widget, self._changed)
         self._method_changed(refresh=False)
         self.image_changed()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.check.close()
+        super().close()
+
+    def _check_request(self):
+        """What the "check" button checks: the current image, method, target, layer and method options."""
+        self._check_open()
+        info = METHODS[self.method.value]
+        options = {name: w.value for name, w in self.method_controls.items()}
+        if info.has_layer:
+            options["layer"] = self.layer.value
+        index = self.index.value
+        target = self.target.value if self._targets_for == index else None
+        return self.model, self.images, index, info, target, options
 
     # --- control plumbing ---------------------------------------------------------------------
 
@@ -92,6 +112,7 @@ class AttributionView(View):
 
     def refresh(self, keep_target: int | None = None) -> None:
         self._check_open()
+        self.check.hide()
         layer = self.layer.value
         options = {name: w.value for name, w in self.method_controls.items()}
         chosen = METHODS[self.method.value]
