@@ -198,3 +198,76 @@ def test_the_model_is_untouched_mid_training(arch):
         assert torch.equal(rng, torch.get_rng_state())
         assert state.fired == 0
     assert [e.points.shape for e in embeddings] == [(12, 2), (12, 2)]
+
+
+# --- the view -------------------------------------------------------------------------------------
+
+
+def test_view_draws_each_layer_once_recolours_without_recompute_and_clicks_set_the_image(shapes):
+    from cnnlens.widgets.embed_view import EmbeddingView, atlas_side
+
+    model, data = shapes
+    view = EmbeddingView(model, data, max_images=120, method="pca")
+    assert view.wait(60) and view.runner.last_error is None
+    panel = view.panel
+    assert view.names == ["normalize", "stage1", "stage2", "stage3", "stage4", "fc"] and view.layer.value == "stage4"
+    points = np.frombuffer(panel.points, dtype=np.float32).reshape(-1, 2)
+    groups = np.frombuffer(panel.groups, dtype=np.int32).reshape(3, -1)
+    indices = groups[2].tolist()
+    assert len(points) == 120 and indices == [round(i * 399 / 119) for i in range(120)]
+    assert groups[0].tolist() == [data[i][1] for i in indices]
+    np.testing.assert_allclose(points, cl.embed(model, data, "stage4", method="pca", max_images=120).points.numpy(),
+                               rtol=1e-5, atol=1e-5)
+    assert [name for name, _ in panel.legend] == list(data.classes) and "PCA of 120 images" in panel.title
+    side = atlas_side(120)  # thumbnails: one tile per point, as the model sees the image
+    atlas = np.frombuffer(panel.atlas, dtype=np.uint8).reshape(120, side, side, 3)
+    expected = torch.nn.functional.interpolate(data[indices[7]][0][None], size=(side, side), mode="area")[0]
+    assert np.abs(atlas[7].astype(int) - (expected.permute(1, 2, 0).numpy() * 255 + 0.5).astype(int)).max() <= 1
+
+    done = view.runner.completed
+    view.color.value = 1  # colour by prediction: the browser recolours, nothing is recomputed
+    assert panel.color_by == 1 and view.wait(5) and view.runner.completed == done
+
+    first = view.result
+    view.layer.value = "stage1"
+    assert view.wait(60) and view.result.layer == "stage1" and view.runner.last_error is None
+    view.layer.value = "stage4"  # back: the cached layout
+    assert view.wait(60) and view.result is first
+
+    panel.selected = 7  # a click on point 7 makes its image the current one, and the ring follows the picker
+    assert view.index.value == indices[7]
+    view.index.value = indices[20]
+    assert panel.selected == 20
+    view.index.value = 1  # not among the embedded images: no ring
+    assert panel.selected == -1
+    view.close()
+
+
+def test_view_shows_errors_in_the_widget(shapes):
+    from cnnlens.widgets.embed_view import EmbeddingView
+
+    model, data = shapes
+    view = EmbeddingView(model, data, max_images=2)
+    assert view.wait(60)
+    assert view.panel.status == "error" and "at least 3" in view.panel.error
+    view.close()
+    with pytest.raises(ValueError, match="method.*tsne, pca"):
+        EmbeddingView(model, data, method="lda")
+    with pytest.raises(ValueError, match="layer 'nope'"):
+        EmbeddingView(model, data, layers=["stage1", "nope"])
+
+
+def test_view_leaves_a_model_mid_training_untouched():
+    from cnnlens.widgets.embed_view import EmbeddingView
+
+    model = random_model("resnet18")
+    images = torch.rand(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with MidTraining(model) as state:
+        before = snapshot(model)
+        view = EmbeddingView(model, images, perplexity=4)
+        assert view.wait(60) and view.runner.last_error is None
+        view.layer.value = view.names[0]
+        assert view.wait(60) and view.runner.last_error is None
+        view.close()
+        assert_unchanged(model, before)
+        assert state.fired == 0
