@@ -101,6 +101,8 @@ def test_single_image_shapes(shapes):
     check = cl.sanity_check(model, images[0], "input_x_gradient", layers=["fc"])
     assert check.original.shape == (64, 64) and check.maps.shape == (1, 64, 64)
     assert check.per_image["ssim"].shape == (1, 1)
+    lean = cl.sanity_check(model, images[0], "input_x_gradient", layers=["fc"], keep_maps=False)
+    assert lean.maps is None and torch.equal(lean.spearman, check.spearman)
 
 
 # --- deletion and insertion ---------------------------------------------------------------------------------
@@ -122,6 +124,7 @@ def test_oracle_map_beats_a_random_map(shapes):
     assert d_oracle.auc.mean() < d_random.auc.mean() - 0.1
     assert i_oracle.auc.mean() > i_random.auc.mean() + 0.2
     assert d_oracle.scores.shape == (16, 17) and d_oracle.fractions[0] == 0 and d_oracle.fractions[-1] == 1
+    assert d_oracle.target == "prob(predicted class)"
 
 
 def test_deletion_curve_matches_brute_force(shapes):

@@ -58,7 +58,7 @@ class SanityCheck:
     ``layers`` is the randomization order, top layer first; ``spearman``, ``spearman_abs`` and ``ssim`` have one
     entry per layer in that order (cascading: the last entry has every layer randomized). ``per_image`` holds
     the same numbers as layers×B tensors; ``original`` the trained model's maps (H×W or B×H×W) and ``maps`` the
-    randomized ones (layers×H×W or layers×B×H×W).
+    randomized ones (layers×H×W or layers×B×H×W; None when not kept).
     """
 
     method: str
@@ -68,7 +68,7 @@ class SanityCheck:
     spearman_abs: torch.Tensor
     ssim: torch.Tensor
     original: torch.Tensor
-    maps: torch.Tensor
+    maps: torch.Tensor | None
     per_image: dict[str, torch.Tensor]
     target: str
     threshold: float = THRESHOLD
@@ -194,13 +194,14 @@ def _compare(original: torch.Tensor, randomized: torch.Tensor) -> tuple[list[flo
 @redone_when_weights_move
 def sanity_check(model: torch.nn.Module, x: Any, method: str | MethodInfo = "saliency", target: Any = None, *,
                  mode: str = "cascading", layers: list[str] | None = None, seed: int = 0, threshold: float = THRESHOLD,
-                 progress=None, cancel=None, **method_options: Any) -> SanityCheck:
+                 keep_maps: bool = True, progress=None, cancel=None, **method_options: Any) -> SanityCheck:
     """Adebayo et al.'s model-parameter randomization test of ``method`` (a name in ``cl.METHODS``) on ``x``.
 
     ``mode="cascading"`` randomizes the layers with parameters from the top down, cumulatively;
     ``"independent"`` one at a time. ``layers`` restricts the check to some of them (names). The target is
     resolved on the trained model (None: its predicted class per image) and kept for the randomized ones.
     ``method_options`` go to the method (e.g. ``layer=`` for Grad-CAM); seeded methods get ``seed``.
+    ``keep_maps=False`` drops the randomized maps (``.maps`` is None; they take layers × B × H × W floats).
     Deterministic for a ``seed``; the user's weights are never written.
     """
     info = _method(method)
@@ -234,14 +235,16 @@ def sanity_check(model: torch.nn.Module, x: Any, method: str | MethodInfo = "sal
             with torch.no_grad():
                 for p, saved in zip(modules[name].parameters(recurse=False), trained[name]):
                     p.copy_(saved)
-        maps.append(randomized)
+        if keep_maps:
+            maps.append(randomized)
         for key, values in zip(stats, _compare(original, randomized)):
             stats[key].append(values)
         steps.advance()
     per_image = {key: torch.tensor(values, dtype=torch.float32) for key, values in stats.items()}
-    stacked = torch.stack(maps)
+    stacked = torch.stack(maps) if keep_maps else None
     if batch.single:
-        original, stacked = original[0], stacked[:, 0]
+        original = original[0]
+        stacked = stacked[:, 0] if keep_maps else None
     return SanityCheck(info.name, mode, chosen, *(per_image[k].mean(1) for k in stats), original=original,
                        maps=stacked, per_image=per_image, target=objective.description, threshold=threshold,
                        params={"seed": seed, **method_options})

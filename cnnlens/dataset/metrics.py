@@ -68,7 +68,7 @@ class Curve:
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(f"fraction of pixels {'deleted' if self.kind == 'deletion' else 'inserted'}", fontsize=7)
-        ax.set_ylabel("probability" if self.target.startswith(("logit", "prob")) else "score", fontsize=7)
+        ax.set_ylabel("probability" if self.target.startswith("prob") else "score", fontsize=7)
         better = "lower" if self.kind == "deletion" else "higher"
         ax.set_title(f"{self.kind} · area {float(self.auc.float().mean()):.3f} ({better} is better)", fontsize=8)
 
@@ -183,7 +183,8 @@ def _curve(kind: str, model: torch.nn.Module, x: Any, saliency_map: Any, target:
     auc = torch.trapezoid(scores, fractions, dim=1)
     if batch.single:
         scores, auc = scores[0], auc[0]
-    return Curve(kind, fractions, scores, auc, objective.description, params)
+    target = objective.probability().description if classes is not None else objective.description
+    return Curve(kind, fractions, scores, auc, target, params)
 
 
 @redone_when_weights_move
