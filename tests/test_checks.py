@@ -38,6 +38,27 @@ def test_reproduces_adebayo_on_the_default_model(shapes):
     assert verdicts["guided_backprop"].spearman_abs[0] > 0.85 > verdicts["saliency"].spearman_abs[0]
 
 
+def test_methods_that_ignore_the_model_fail(shapes):
+    """Planted faults: an edge detector on the image, a fixed noise map and a constant map do not depend on the
+    weights, so randomizing them changes nothing (|Spearman| 1) and the check fails; your own functions work."""
+    model, _, images, _ = shapes
+
+    def edges(model, x, target):
+        gray = x.mean(1)
+        return (gray.diff(dim=-1, prepend=gray[..., :1]).abs() + gray.diff(dim=-2, prepend=gray[..., :1, :]).abs())
+
+    def noise(model, x, target):
+        return torch.rand(len(x), 64, 64, generator=torch.Generator().manual_seed(0))
+
+    def constant(model, x, target):
+        return torch.zeros(len(x), 64, 64)
+
+    for method in (edges, noise, constant):
+        check = cl.sanity_check(model, images[:2], method, layers=["fc", "stage1.conv1"])
+        assert not check.passes and check.score == pytest.approx(1.0), method.__name__
+        assert check.method == method.__name__
+
+
 def test_fully_randomized_saliency_correlates_weakly(shapes):
     model, _, images, _ = shapes
     check = cl.sanity_check(model, images, "saliency")

@@ -109,12 +109,18 @@ class SanityCheck:
         ax.set_title(f"{self.mode} randomization · {verdict} (mean |ρ| {self.score:.2f})", fontsize=8)
 
 
-def _method(method: str | MethodInfo) -> MethodInfo:
+def _method(method: Any) -> MethodInfo:
+    """A registry entry: a name in ``METHODS``, a MethodInfo, or any ``fn(model, x, target, **options)`` that
+    returns an Explanation or B×H×W maps (e.g. your own method)."""
     if isinstance(method, MethodInfo):
         return method
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)}.")
-    return METHODS[method]
+    if isinstance(method, str) and method in METHODS:
+        return METHODS[method]
+    if callable(method) and not isinstance(method, str):
+        name = getattr(method, "__name__", type(method).__name__)
+        return MethodInfo(name, name, method, "a method given as a function")
+    raise ValueError(f"method={method!r}: choose one of {', '.join(METHODS)}, or pass a function "
+                     "fn(model, x, target, **options) returning an Explanation or maps.")
 
 
 def _call(info: MethodInfo, model: torch.nn.Module, x: torch.Tensor, target: Any, options: dict[str, Any],
@@ -126,7 +132,8 @@ def _call(info: MethodInfo, model: torch.nn.Module, x: torch.Tensor, target: Any
     if info.long_running and cancel is not None:
         kwargs.setdefault("cancel", cancel)
     result = info.function(model, x, target, **kwargs)
-    return result.map.reshape(len(x), *result.map.shape[-2:]).float()
+    maps = torch.as_tensor(getattr(result, "map", result)).detach().cpu()
+    return maps.reshape(len(x), *maps.shape[-2:]).float()
 
 
 def _randomizable(net: torch.nn.Module, order: list[str]) -> list[str]:
@@ -165,9 +172,11 @@ def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rho of two flattened maps; 0 when either is constant (no ranking to agree with)."""
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
+    """Spearman's rho of two flattened maps. A constant map has no ranking: two equal constant maps count as
+    identical (1), a constant map against a varying one as unrelated (0)."""
+    flat_a, flat_b = np.ptp(a) == 0, np.ptp(b) == 0
+    if flat_a or flat_b:
+        return 1.0 if flat_a and flat_b and np.allclose(a, b) else 0.0
     return float(spearmanr(a, b).statistic)
 
 
@@ -192,10 +201,11 @@ def _compare(original: torch.Tensor, randomized: torch.Tensor) -> tuple[list[flo
 
 
 @redone_when_weights_move
-def sanity_check(model: torch.nn.Module, x: Any, method: str | MethodInfo = "saliency", target: Any = None, *,
+def sanity_check(model: torch.nn.Module, x: Any, method: Any = "saliency", target: Any = None, *,
                  mode: str = "cascading", layers: list[str] | None = None, seed: int = 0, threshold: float = THRESHOLD,
                  keep_maps: bool = True, progress=None, cancel=None, **method_options: Any) -> SanityCheck:
-    """Adebayo et al.'s model-parameter randomization test of ``method`` (a name in ``cl.METHODS``) on ``x``.
+    """Adebayo et al.'s model-parameter randomization test of ``method`` on ``x``: a name in ``cl.METHODS``, or
+    any ``fn(model, x, target, **options)`` returning an Explanation or B×H×W maps.
 
     ``mode="cascading"`` randomizes the layers with parameters from the top down, cumulatively;
     ``"independent"`` one at a time. ``layers`` restricts the check to some of them (names). The target is
@@ -272,7 +282,7 @@ class ExplanationChecks:
 
 
 @redone_when_weights_move
-def check_explanation(model: torch.nn.Module, x: Any, method: str | MethodInfo = "saliency", target: Any = None, *,
+def check_explanation(model: torch.nn.Module, x: Any, method: Any = "saliency", target: Any = None, *,
                       mask: Any = None, sanity: bool = True, steps: int = 64, seed: int = 0, progress=None,
                       cancel=None, **method_options: Any) -> ExplanationChecks:
     """All checks of ``method``'s map for one image ``x``: the map, the cascading randomization test (when
