@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import cnnlens as cl
+from cnnlens.dataset.metrics import importance
 
 IMAGES = 64  # images for pointing game, overlap, deletion and insertion
 SANITY_IMAGES = 16  # images for the randomization check of the fast methods
@@ -51,7 +52,7 @@ def main() -> None:
             "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for name, info in cl.METHODS.items():
         start = time.perf_counter()
-        maps = info.function(model, images, None, **options(info)).map
+        maps = importance(info.function(model, images, None, **options(info)))  # occlusion: its drop_map
         hits = cl.pointing_game(maps, masks)
         overlap = cl.mask_overlap(maps, masks)
         deletion = cl.deletion(model, images, maps, steps=64)

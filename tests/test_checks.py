@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 import cnnlens as cl
 from cnnlens.core.progress import Cancelled, CancelToken
 from cnnlens.dataset.checks import _randomize
-from cnnlens.dataset.metrics import mask_of
+from cnnlens.dataset.metrics import as_maps, mask_of
 from tests.conftest import assert_unchanged, random_model, snapshot
 
 
@@ -172,6 +172,16 @@ def test_baselines_and_explanations_as_maps(shapes):
     for baseline in ("zeros", "mean", "blur", 0.5, torch.zeros(3, 1, 1)):
         curve = cl.deletion(model, images[2], explanation, steps=4, baseline=baseline)
         assert curve.scores.shape == (5,) and 0 <= float(curve.auc) <= 1
+
+
+def test_occlusion_is_scored_by_its_drop_map(shapes):
+    """Occlusion's map is the probability under occlusion (low where hiding hurts): checks read its drop_map."""
+    model, _, images, masks = shapes
+    result = cl.occlusion(model, images[:4], mask_size=16, stride=8)
+    assert torch.equal(as_maps(result, 4, (64, 64)), result.drop_map.float())
+    by_result, by_drop = (cl.deletion(model, images[:4], m, steps=8) for m in (result, result.drop_map))
+    assert torch.equal(by_result.auc, by_drop.auc)
+    assert cl.pointing_game(result, masks[:4]).float().mean() >= 0.5
 
 
 # --- pointing game and mask overlap -------------------------------------------------------------------------

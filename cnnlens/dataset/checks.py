@@ -45,7 +45,7 @@ from ..core.session import look, redone_when_weights_move
 from ..core.shadow import named_modules, private_copy
 from ..explain._common import clean_logits, objective_for
 from ..explain.registry import METHODS, MethodInfo
-from .metrics import Curve, deletion, insertion, mask_overlap, pointing_game
+from .metrics import Curve, deletion, importance, insertion, mask_overlap, pointing_game
 
 MODES = ("cascading", "independent")
 THRESHOLD = 0.5  # a check passes when the randomized maps' mean |Spearman| (absolute values) falls below this
@@ -132,7 +132,7 @@ def _call(info: MethodInfo, model: torch.nn.Module, x: torch.Tensor, target: Any
     if info.long_running and cancel is not None:
         kwargs.setdefault("cancel", cancel)
     result = info.function(model, x, target, **kwargs)
-    maps = torch.as_tensor(getattr(result, "map", result)).detach().cpu()
+    maps = torch.as_tensor(importance(result)).detach().cpu()
     return maps.reshape(len(x), *maps.shape[-2:]).float()
 
 
@@ -235,7 +235,8 @@ def sanity_check(model: torch.nn.Module, x: Any, method: Any = "saliency", targe
     original = _call(info, model, xs, objective, method_options, seed, cancel)
     steps.advance()
     gen = torch.Generator().manual_seed(seed)
-    trained = {name: [p.detach().clone() for p in modules[name].parameters(recurse=False)] for name in chosen}
+    trained = {name: [p.detach().clone() for p in modules[name].parameters(recurse=False)] for name in chosen
+               if mode == "independent"}  # restored after each layer's turn
     stats: dict[str, list[list[float]]] = {"spearman": [], "spearman_abs": [], "ssim": []}
     maps = []
     for name in chosen:

@@ -73,9 +73,20 @@ class Curve:
         ax.set_title(f"{self.kind} · area {float(self.auc.float().mean()):.3f} ({better} is better)", fontsize=8)
 
 
+def importance(result: Any) -> Any:
+    """The map to score, oriented so that higher means "matters more": an Explanation's ``map``, except for
+    occlusion, whose ``map`` is the target under occlusion (lower where hiding hurts): its ``drop_map``
+    (log p(clean) − log p(occluded), what the views display) when it has one, else ``-map``. Tensors and
+    arrays are returned as they are."""
+    if getattr(result, "method", None) == "occlusion":
+        return result.extras["drop_map"] if "drop_map" in result.extras else -result.map
+    return getattr(result, "map", result)
+
+
 def as_maps(saliency_map: Any, batch: int, size: tuple[int, int], argument: str = "saliency_map") -> torch.Tensor:
-    """A map argument (an Explanation, a tensor or array of H×W or B×H×W) as a B×H×W float tensor at ``size``."""
-    value = getattr(saliency_map, "map", saliency_map)
+    """A map argument (an Explanation — see :func:`importance` — or a tensor or array of H×W or B×H×W) as a
+    B×H×W float tensor at ``size``."""
+    value = importance(saliency_map)
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(value)
     if not isinstance(value, torch.Tensor):
@@ -226,7 +237,7 @@ def _masks(mask: Any, maps: torch.Tensor) -> torch.Tensor:
 
 
 def _maps_and_masks(saliency_map: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    value = getattr(saliency_map, "map", saliency_map)
+    value = importance(saliency_map)
     if not isinstance(value, (torch.Tensor, np.ndarray)):
         raise TypeError(f"saliency_map must be an Explanation, a tensor or a numpy array (H×W or B×H×W), "
                         f"got {type(saliency_map).__name__}.")
