@@ -197,11 +197,14 @@ def test_a_failed_record_shows_in_the_view_and_reaches_the_loop(shapes):
     view = monitor.view()
     monitor.step()
     drawn = view.unit_panels[0].heat
-    model.stage4 = torch.nn.Conv2d(64, 4, 1)  # the unit is gone
+    original, model.stage4 = model.stage4, torch.nn.Conv2d(64, 4, 1)  # the unit is gone
     with pytest.raises(ValueError, match="no longer exists"):
         monitor.step()
-    assert "no longer exists" in view.unit_panels[0].error and view.unit_panels[0].heat == drawn
+    assert "no longer exists" in view.header.error and view.unit_panels[0].heat == drawn
     assert len(monitor.records) == 1
+    model.stage4 = original
+    monitor.step()  # the next good record clears the error
+    assert view.header.error == "" and len(monitor.records) == 2
     view.close()
     assert monitor._listeners == []
 

@@ -113,7 +113,7 @@ class MonitorView(W.VBox):
     """The timeline of a :class:`cnnlens.dataset.Monitor` (see the module doc); ``monitor.view()`` makes one.
 
     ``columns``: how many recorded steps are shown (evenly spread, first and last included); ``show``:
-    "both", "projection" or "patch". A failed record shows its error in the panels (the last good
+    "both", "projection" or "patch". A failed record shows its error above the timeline (the last good
     timeline stays). ``close()`` stops following the monitor and closes the widgets.
     """
 
@@ -152,8 +152,7 @@ class MonitorView(W.VBox):
         if isinstance(outcome, Exception):
             message = "".join(traceback.format_exception_only(type(outcome), outcome)).strip()
             details = "".join(traceback.format_exception(type(outcome), outcome, outcome.__traceback__))
-            for panel in self.panels:
-                panel.fail(message, details)
+            self.header.fail(message, details)  # once, above the timeline; the last good timeline stays
             return
         self.redraw()
 
