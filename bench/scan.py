@@ -1,0 +1,192 @@
+"""What one dataset scan costs beyond the forward passes it needs, and whether its memory grows with the data.
+
+    .venv/bin/python bench/scan.py          # prints markdown (also saved to bench/scan.md)
+
+Time: ``cl.scan`` with the default layers (every spatial layer), and with ``statistics=True``, as a ratio to
+the raw no-grad forward passes of the same model over the same data in the same batches (read the same way),
+for the default model on its 500 held-out images and for a randomly initialised resnet18 at 128×128 on random
+images. Medians of rounds in which the contenders run in turn, on one thread (the machine is shared; one
+thread keeps the ratio free of thread hand-offs). Target: ratio ≤ 1.15.
+
+Memory: each run is a fresh subprocess over a dataset that makes its images on the fly (so the data itself
+takes no memory). After the model is loaded and one batch has run, the kernel's peak-RSS mark is reset
+(``/proc/self/clear_refs``); the peak RSS (``VmHWM``) after the pass minus the RSS before it is the pass's
+memory, for N and 4N images. A scan's should not grow with N (it keeps k × units candidates, no activations).
+
+Where the time goes: cProfile of the default-model scan, the largest torch operations.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+
+import cnnlens as cl
+
+BATCH = 64
+
+
+class Generated(torch.utils.data.Dataset):
+    """``n`` random images made on the fly from their index (the data takes no memory)."""
+
+    def __init__(self, n: int, side: int):
+        self.n, self.side = n, side
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.rand(3, self.side, self.side, generator=torch.Generator().manual_seed(i))
+
+
+def resnet18(side: int = 128) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    cl.configure(model, input_size=side)
+    return model
+
+
+def case(name: str, n: int | None = None) -> tuple[torch.nn.Module, object]:
+    """(model, data): "default" (the default model; its held-out images, or ``n`` generated ones) or "resnet18"."""
+    if name == "default":
+        model, data = cl.zoo.shapes()
+        return model, (data if n is None else Generated(n, 64))
+    return resnet18(), Generated(n or 256, 128)
+
+
+def raw_passes(model: torch.nn.Module, data: object) -> None:
+    """The forwards the scan needs, run directly on the model: same batches, read by a DataLoader."""
+    with torch.no_grad():
+        for batch in torch.utils.data.DataLoader(data, batch_size=BATCH):
+            model(batch[0] if isinstance(batch, (list, tuple)) else batch)
+
+
+def interleaved_medians(fns: list[Callable[[], object]], rounds: int) -> list[float]:
+    for fn in fns:  # warm-up
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+# --- memory, one subprocess per run ---------------------------------------------------------------------------------
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_memory(name: str, n: int, mode: str) -> dict:
+    """Run one pass (``mode``: raw, scan, stats) in this process; its peak RSS increase in MB."""
+    torch.set_num_threads(1)
+    model, data = case(name, n)
+    raw_passes(model, torch.utils.data.Subset(data, range(BATCH)))  # allocator and kernels warm
+    cl.scan(model, torch.utils.data.Subset(data, range(BATCH)), statistics=mode == "stats")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark to the current RSS
+    before = _rss_kb("VmRSS")
+    if mode == "raw":
+        raw_passes(model, data)
+    else:
+        cl.scan(model, data, statistics=mode == "stats")
+    return {"peak_increase_mb": (_rss_kb("VmHWM") - before) / 1024}
+
+
+def memory_in_subprocess(name: str, n: int, mode: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory", name, str(n), mode], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_increase_mb"]
+
+
+# --- report ---------------------------------------------------------------------------------------------------------
+
+
+def profile_default() -> list[tuple[str, float, int]]:
+    """(operation, seconds, calls) of the largest entries in a profile of the default-model scan."""
+    model, data = case("default")
+    cl.scan(model, data)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    cl.scan(model, data)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    rows = [(f"{func[2]} ({Path(func[0]).name}:{func[1]})" if func[0] != "~" else func[2], tt, nc)
+            for func, (_cc, nc, tt, _ct, _callers) in stats.items()]
+    return sorted(rows, key=lambda r: -r[1])[:8]
+
+
+def reductions() -> list[tuple[str, float]]:
+    """Milliseconds of the per-layer reductions the scan runs, on one 64×16×64×64 activation (a batch of the
+    default model's first stage), beside cheaper equivalents."""
+    from cnnlens.dataset.scan import _histogram
+
+    flat = torch.randn(BATCH, 16, 64 * 64, generator=torch.Generator().manual_seed(0))
+
+    def float_histogram():  # the same bins, computed in float32
+        bins = ((torch.asinh(flat / 1e-3) + 24.0) * (1024 / 48.0)).long().clamp(0, 1023)
+        offsets = torch.arange(16).view(1, 16, 1) * 1024
+        return torch.bincount((bins + offsets).flatten(), minlength=16 * 1024)
+
+    candidates = [("values and positions: `flat.max(2)` (what the scan runs)", lambda: flat.max(2)),
+                  ("values only: `flat.amax(2)`", lambda: flat.amax(2)),
+                  ("positions only: `flat.argmax(2)`", lambda: flat.argmax(2)),
+                  ("statistics histogram: `_histogram(flat)` (float64 asinh)", lambda: _histogram(flat)),
+                  ("the same histogram in float32", float_histogram)]
+    times = interleaved_medians([fn for _, fn in candidates], 7)
+    return [(name, t * 1000) for (name, _), t in zip(candidates, times)]
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    lines = ["# Dataset scan: cost beyond the raw forwards, memory as the data grows", "",
+             "Measured by `bench/scan.py` (see its docstring for the method); one thread, batch 64.", "",
+             "| model, data | raw forwards (s) | scan ÷ raw | scan with statistics ÷ raw | layers scanned |",
+             "|---|---:|---:|---:|---:|"]
+    for name, label, rounds in (("default", "default model, its 500 images (64×64)", 3),
+                                ("resnet18", "resnet18 (random weights), 256 random images at 128×128", 2)):
+        model, data = case(name)
+        raw, scanned, with_stats = interleaved_medians(
+            [lambda m=model, d=data: raw_passes(m, d), lambda m=model, d=data: cl.scan(m, d),
+             lambda m=model, d=data: cl.scan(m, d, statistics=True)], rounds)
+        layers = len(cl.scan(model, torch.utils.data.Subset(data, range(2))).layers)
+        lines.append(f"| {label} | {raw:.2f} | {scanned / raw:.2f} | {with_stats / raw:.2f} | {layers} |")
+    lines += ["", "Target: scan ÷ raw ≤ 1.15.", "",
+              "## Peak memory (RSS increase during the pass, MB; fresh process per run, images made on the fly)", "",
+              "| model | pass | N | 4N | N images | 4N images |", "|---|---|---:|---:|---:|---:|"]
+    for name, n in (("default", 512), ("resnet18", 128)):
+        for mode in ("raw", "scan", "stats"):
+            small, large = memory_in_subprocess(name, n, mode), memory_in_subprocess(name, 4 * n, mode)
+            label = {"raw": "raw forwards", "scan": "scan", "stats": "scan with statistics"}[mode]
+            lines.append(f"| {name} | {label} | {n} | {4 * n} | {small:.0f} | {large:.0f} |")
+    lines += ["", "## Where the default-model scan's time goes (cProfile, largest self times)", "",
+              "| operation | seconds | calls |", "|---|---:|---:|"]
+    lines += [f"| `{op}` | {seconds:.3f} | {calls} |" for op, seconds, calls in profile_default()]
+    lines += ["", "## The per-layer reductions on one activation (64 images × 16 units × 64×64)", "",
+              "| reduction | ms |", "|---|---:|"]
+    lines += [f"| {name} | {ms:.2f} |" for name, ms in reductions()]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (Path(__file__).parent / "scan.md").write_text(text)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--memory":
+        print(json.dumps(measure_memory(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
+    else:
+        main()
