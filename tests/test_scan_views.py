@@ -239,6 +239,30 @@ def test_one_scan_is_shared_by_both_views(shapes, monkeypatch):
     assert cnnlens_threads() == []
 
 
+def test_inactive_views_scan_nothing_until_activated(shapes, monkeypatch):
+    model, data = shapes
+    calls = []
+    real = scan_views.scan
+    monkeypatch.setattr(scan_views, "scan", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    shared = SharedScan(model, data)
+    top = TopImagesView(model, data, scan=shared, active=False)
+    classes = ClassImagesView(model, data, scan=shared, active=False)
+    top.unit.value = 4
+    assert top.select("stage3", 2) is True and (top.layer.value, top.unit.value) == ("stage3", 2)
+    assert top.wait(5) and classes.wait(5) and calls == [] and top.hits == [] and top.patches.results == 0
+    top.activate()  # the tab opened: one scan, the latest controls
+    assert top.wait(60) and calls == [1] and top.hits == shared.result.top("stage3", 2)
+    classes.activate()
+    assert classes.wait(60) and calls == [1] and classes.lists["top"] == shared.result.class_top(0)
+    classes.deactivate()
+    classes.cls.value = 2
+    assert classes.wait(5) and classes.lists["top"] == shared.result.class_top(0)
+    classes.activate()
+    assert classes.wait(60) and classes.lists["top"] == shared.result.class_top(2)
+    for closable in (top, classes, shared):
+        closable.close()
+
+
 # --- lifetime and errors ------------------------------------------------------------------------------------------
 
 

@@ -234,14 +234,42 @@ def _stack(images: Images, indices: list[int]) -> torch.Tensor:
 
 
 class _ScanView(View):
-    """A view that reads a :class:`SharedScan` (its own unless one is given) and picks images by click."""
+    """A view that reads a :class:`SharedScan` (its own unless one is given) and picks images by click.
 
-    def _use_scan(self, model: torch.nn.Module, images: Images, given: SharedScan | Scan | None) -> None:
+    Like the synthesis views it computes only while *active* (``active=False``: from :meth:`activate` on, so a
+    Lens scans nothing until one of these tabs opens); a change made meanwhile is computed on activation.
+    """
+
+    def _use_scan(self, model: torch.nn.Module, images: Images, given: SharedScan | Scan | None,
+                  active: bool) -> None:
         if given is not None and not isinstance(given, (SharedScan, Scan)):
             raise TypeError(f"scan must be a SharedScan, a cnnlens Scan or None, got {type(given).__name__}.")
+        self._active, self._stale = bool(active), True
         self._own_scan = not isinstance(given, SharedScan)
         self.shared = given if isinstance(given, SharedScan) else SharedScan(model, images, result=given)
         self.shared.attach()
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def activate(self) -> None:
+        """Compute from now on; catch up with a change made while inactive."""
+        self._active = True
+        if self._stale and not self.closed:
+            self.request()
+
+    def deactivate(self) -> None:
+        """Defer new work until :meth:`activate` (a running job finishes)."""
+        self._active = False
+
+    def request(self) -> None:
+        """Recompute now if active, else when activated."""
+        if self.closed:
+            return
+        self._stale = not self._active
+        if self._active:
+            self.refresh()
 
     def _stop_scan(self) -> None:
         if not self.closed:
@@ -285,11 +313,13 @@ class TopImagesView(_ScanView):
     activation is lowest. Clicking a tile makes that image the current one (``index``).
 
     ``scan``: a :class:`SharedScan` to share with other views, or a finished :class:`~cnnlens.Scan` of these
-    images; by default the view scans its images itself (once, in the background).
+    images; by default the view scans its images itself (once, in the background). ``active=False``: nothing is
+    computed (or scanned) until :meth:`activate`. ``select(layer, unit)`` shows a unit chosen in a linked view.
     """
 
     def __init__(self, model: torch.nn.Module, images: Any, index: W.IntSlider | None = None, *,
-                 scan: SharedScan | Scan | None = None, layer: str | None = None, unit: int = 0):
+                 scan: SharedScan | Scan | None = None, layer: str | None = None, unit: int = 0,
+                 active: bool = True):
         images = images if isinstance(images, Images) else Images(images, model)
         table = {info.name: info for info in spatial_layers(model, images) if info.name}
         if isinstance(scan, Scan):
@@ -304,7 +334,7 @@ class TopImagesView(_ScanView):
         if isinstance(unit, bool) or not isinstance(unit, int) or not 0 <= unit < table[layer].channels:
             raise ValueError(f"unit must be an int in [0, {table[layer].channels - 1}] for layer {layer!r}, "
                              f"got {unit!r}.")
-        self._use_scan(model, images, scan)
+        self._use_scan(model, images, scan, active)
         self.layer = W.Dropdown(options=names, value=layer, description="layer")
         self.unit = W.IntSlider(value=unit, min=0, max=table[layer].channels - 1, description="unit",
                                 continuous_update=False)
@@ -319,16 +349,16 @@ class TopImagesView(_ScanView):
                          index)
         self.watch(self.layer, lambda change: None if self.quiet(change) else self._layer_changed())
         for widget in (self.unit, self.which):
-            self.watch(widget, lambda change: None if self.quiet(change) else self.refresh())
+            self.watch(widget, lambda change: None if self.quiet(change) else self.request())
         for grid in (self.projections, self.patches):
             self.watch(grid, self._clicked, "selected")
             grid.on_stop(self._stop_scan)
-        self.refresh()
+        self.request()
 
     def _layer_changed(self) -> None:
         with self.hushed(self.unit):
             self.unit.max = self.table[self.layer.value].channels - 1
-        self.refresh()
+        self.request()
 
     def select(self, layer: str, unit: int) -> bool:
         """Show ``layer``:``unit`` (from a linked view): one recompute; no change event reaches other views.
@@ -337,7 +367,7 @@ class TopImagesView(_ScanView):
         """
         moved = self.move_unit(layer, unit)
         if moved:
-            self.refresh()
+            self.request()
         return moved is not None
 
     def refresh(self) -> None:
@@ -394,15 +424,16 @@ class ClassImagesView(_ScanView):
     one makes it the current image (``index``).
 
     ``scan``: a :class:`SharedScan` to share with other views, or a finished :class:`~cnnlens.Scan` of these
-    images; by default the view scans its images itself (once, in the background).
+    images; by default the view scans its images itself (once, in the background). ``active=False``: nothing is
+    computed (or scanned) until :meth:`activate`.
     """
 
     ROWS = (("top", "highest-scored"), ("bottom", "lowest-scored"), ("wrong", "most confidently wrong"))
 
     def __init__(self, model: torch.nn.Module, images: Any, index: W.IntSlider | None = None, *,
-                 scan: SharedScan | Scan | None = None, cls: int | str | None = None):
+                 scan: SharedScan | Scan | None = None, cls: int | str | None = None, active: bool = True):
         images = images if isinstance(images, Images) else Images(images, model)
-        self._use_scan(model, images, scan)
+        self._use_scan(model, images, scan, active)
         names = self._class_names(model, images, scan)
         if isinstance(cls, str):
             if cls not in names:
@@ -421,12 +452,11 @@ class ClassImagesView(_ScanView):
         self._shown: dict[Panel, list[int]] = {}
         super().__init__(model, images, list(self.rows.values()), [self.cls], index)
         self.children = (*self.children, self.note)
-        self.watch(self.cls, lambda change: None if self.quiet(change) else self.refresh())
+        self.watch(self.cls, lambda change: None if self.quiet(change) else self.request())
         for grid in self.rows.values():
-            grid.layout.width = "100%"
             self.watch(grid, self._clicked, "selected")
             grid.on_stop(self._stop_scan)
-        self.refresh()
+        self.request()
 
     @staticmethod
     def _class_names(model: torch.nn.Module, images: Images, given: SharedScan | Scan | None) -> list[str]:
