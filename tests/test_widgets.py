@@ -778,7 +778,7 @@ def test_lens_links_units_both_ways_and_computes_synthesis_only_in_its_open_tab(
     activations.grid.selected = 7  # a click on feature map 7
     assert (features.layer.value, features.unit.value) == ("stage3", 7) == (deconv.layer.value, deconv.unit.value)
     assert lens.wait(60) and calls == [] and len(submitted["DeconvNet"]) == 1
-    lens.tabs.selected_index = list(lens.views).index("Features")  # opening the tab computes the chosen unit
+    lens.tabs.selected_index = lens.titles.index("Features")  # opening the tab computes the chosen unit
     assert lens.wait(60) and len(calls) == 1 and features.image_panel.title.startswith("stage3:7 ·")
     for counts in submitted.values():
         counts.clear()
@@ -797,7 +797,8 @@ def test_lens_links_units_both_ways_and_computes_synthesis_only_in_its_open_tab(
     assert lens.wait(60) and features.unit.value == 5 and calls == []  # deferred until the tab opens again
     lens.close()
     assert cnnlens_threads() == []
-    with pytest.raises(ValueError, match="no synthesis tab 'Feature'. Tabs that take options: Features, Classes"):
+    with pytest.raises(ValueError, match="no tab 'Feature' takes options. Tabs that take options: Top images, "
+                                         "Class images, Embedding, Filters, Features"):
         cl.Lens(model, data, options={"Feature": {"steps": 8}})
 
 
@@ -926,3 +927,29 @@ def test_synthesis_views_leave_the_model_as_it_was(shapes):
     assert torch.equal(model.fc.weight.grad, torch.ones_like(model.fc.weight))
     assert all(p.grad is None for n, p in model.named_parameters() if n != "fc.weight")
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_lens_dataset_tabs_share_one_scan_link_units_and_build_filters_on_first_open(shapes, monkeypatch):
+    from cnnlens.widgets import scan_views
+
+    scans = recording(monkeypatch, scan_views, "scan")
+    model, data = shapes
+    lens = cl.Lens(model, data)
+    top, class_images = lens.views["Top images"], lens.views["Class images"]
+    assert "Filters" not in lens.views and lens.wait(60) and scans == []  # closed tabs compute nothing
+    lens.views["Activations"].layer.value = "stage3"
+    assert lens.wait(60)
+    lens.views["Activations"].grid.selected = 5  # a click on feature map 5 moves the Top images unit too
+    assert (top.layer.value, top.unit.value) == ("stage3", 5)
+    lens.tabs.selected_index = lens.titles.index("Top images")
+    assert lens.wait(120) and len(scans) == 1 and top.runner.last_error is None
+    lens.tabs.selected_index = lens.titles.index("Class images")
+    assert lens.wait(120) and len(scans) == 1 and class_images.runner.last_error is None  # the same scan
+    lens.tabs.selected_index = lens.titles.index("Filters")  # built now, with the Lens' images
+    assert "Filters" in lens.views and lens.tabs.children[lens.titles.index("Filters")] is lens.views["Filters"]
+    assert lens.wait(120) and lens.views["Filters"].runner.last_error is None
+    first = top._shown[top.patches]
+    top.patches.selected = 2  # a click on a top image makes it the current image
+    assert lens.index.value == first[2]
+    lens.close()
+    assert cnnlens_threads() == []

@@ -13,22 +13,29 @@ from .base import Images, close_widgets, close_with_front_end
 from .classes_view import ClassesView
 from .deconv_view import DeconvView
 from .dream_view import DreamView
+from .embed_view import EmbeddingView
 from .features_view import FeaturesView
+from .health_view import FilterHealthView
 from .inversion_view import InversionView
 from .occlusion_view import OcclusionView
-from .synthesis import SynthesisView
+from .scan_views import ClassImagesView, SharedScan, TopImagesView
 
+DATASET = {"Top images": TopImagesView, "Class images": ClassImagesView, "Embedding": EmbeddingView}
 SYNTHESIS = {"Features": FeaturesView, "Classes": ClassesView, "Deep Dream": DreamView, "Inversion": InversionView}
+LAZY = {"Filters": FilterHealthView}  # built the first time its tab opens
+DEFERRED = {**DATASET, **LAZY, **SYNTHESIS}  # the tabs that take options and compute only while open
 
 
 class Lens(W.VBox):
-    """Tabs for activations, attribution, occlusion, DeconvNet, features, classes, Deep Dream and inversion
-    over one image picker.
+    """Tabs for activations, attribution, occlusion, DeconvNet; the dataset views (top images, class images,
+    embedding, filters); and the synthesis views (features, classes, Deep Dream, inversion), over one image
+    picker.
 
-    The synthesis tabs (Features, Classes, Deep Dream, Inversion) compute only while open. Units are linked:
-    clicking a feature map in Activations or choosing a layer/unit in DeconvNet or Features selects it in the
-    other two. ``options`` gives keyword arguments per synthesis tab, e.g. ``{"Features": {"steps": 64},
-    "Deep Dream": {"octaves": 3}}`` for quick looks.
+    The dataset and synthesis tabs compute only while open; Top images and Class images share one scan of the
+    images, run the first time either opens. Units are linked: clicking a feature map in Activations or
+    choosing a layer/unit in DeconvNet, Top images or Features selects it in the others; clicking an image in
+    Top images, Class images or Embedding makes it the current image. ``options`` gives keyword arguments per
+    deferred tab, e.g. ``{"Features": {"steps": 64}, "Embedding": {"method": "pca"}}`` for quick looks.
     """
 
     def __init__(self, model: torch.nn.Module, images: Any, *, options: dict[str, dict] | None = None):
@@ -37,20 +44,28 @@ class Lens(W.VBox):
         self.index = W.IntSlider(value=0, min=0, max=len(self.images) - 1, description="image",
                                  continuous_update=False)
         options = dict(options or {})
-        unknown = sorted(set(options) - set(SYNTHESIS))
+        unknown = sorted(set(options) - set(DEFERRED))
         if unknown:
-            raise ValueError(f"options: no synthesis tab {unknown[0]!r}. Tabs that take options: "
-                             f"{', '.join(SYNTHESIS)}.")
-        self.views = {
+            raise ValueError(f"options: no tab {unknown[0]!r} takes options. Tabs that take options: "
+                             f"{', '.join(DEFERRED)}.")
+        self._options = options
+        self.scan = SharedScan(model, self.images)
+        self.views: dict[str, W.Widget] = {
             "Activations": ActivationsView(model, self.images, self.index),
             "Attribution": AttributionView(model, self.images, self.index),
             "Occlusion": OcclusionView(model, self.images, self.index),
             "DeconvNet": DeconvView(model, self.images, self.index),
         }
+        for title, view_class in DATASET.items():
+            shared = {"scan": self.scan} if view_class is not EmbeddingView else {}
+            self.views[title] = view_class(model, self.images, self.index, **shared, **options.get(title, {}),
+                                           active=False)
+        self._placeholders = {title: W.HTML("<i>opens when you choose this tab</i>") for title in LAZY}
         for title, view_class in SYNTHESIS.items():
             self.views[title] = view_class(model, self.images, self.index, **options.get(title, {}), active=False)
-        self.tabs = W.Tab(children=list(self.views.values()))
-        for i, title in enumerate(self.views):
+        self.titles = [*list(self.views)[:4], *DATASET, *LAZY, *SYNTHESIS]
+        self.tabs = W.Tab(children=[self.views.get(t) or self._placeholders[t] for t in self.titles])
+        for i, title in enumerate(self.titles):
             self.tabs.set_title(i, title)
         super().__init__([self.index, self.tabs])
         self._observed: list[tuple[W.Widget, Any, str]] = []
@@ -64,19 +79,28 @@ class Lens(W.VBox):
         self._observed.append((widget, handler, names))
 
     def _tab_opened(self, change: dict) -> None:
-        """Synthesis views compute while their tab is open (catching up on changes made meanwhile)."""
-        for i, view in enumerate(self.views.values()):
-            if isinstance(view, SynthesisView):
-                view.activate() if i == change["new"] else view.deactivate()
+        """Deferred views compute while their tab is open (catching up on changes made meanwhile); a lazy tab
+        builds its view the first time."""
+        opened = self.titles[change["new"]] if change["new"] is not None else None
+        if opened in self._placeholders:
+            self.views[opened] = LAZY[opened](self.model, self.images, self.index, **self._options.get(opened, {}))
+            children = list(self.tabs.children)
+            children[change["new"]] = self.views[opened]
+            self.tabs.children = children
+            self._placeholders.pop(opened).close()
+        for title, view in self.views.items():
+            if hasattr(view, "activate"):
+                view.activate() if title == opened else view.deactivate()
 
     def _link_units(self) -> None:
-        """A unit chosen in one of Activations (click a map), DeconvNet or Features is selected in the others.
+        """A unit chosen in one of Activations (click a map), DeconvNet, Top images or Features is selected in the
+        others.
 
         Each view's ``select`` sets its controls inside ``hushed``, so it triggers no link back (no loops).
         """
-        activations, deconv, features = (self.views["Activations"], self.views["DeconvNet"],
-                                         self.views["Features"])
-        linked = (activations, deconv, features)
+        activations, deconv, top, features = (self.views["Activations"], self.views["DeconvNet"],
+                                              self.views["Top images"], self.views["Features"])
+        linked = (activations, deconv, top, features)
 
         def chosen(source, layer_unit):
             def handler(change: dict) -> None:
@@ -92,7 +116,7 @@ class Lens(W.VBox):
 
         self._observe(activations.grid, chosen(activations, lambda: (activations.layer.value,
                                                                      activations.grid.selected)), "selected")
-        for view in (deconv, features):
+        for view in (deconv, top, features):
             handler = chosen(view, lambda view=view: (view.layer.value, view.unit.value))
             self._observe(view.layer, handler)
             self._observe(view.unit, handler)
@@ -104,6 +128,10 @@ class Lens(W.VBox):
         self._observed = []
         for view in self.__dict__.get("views", {}).values():
             view.close()
+        if "scan" in self.__dict__:
+            self.scan.close()
+        for placeholder in self.__dict__.get("_placeholders", {}).values():
+            placeholder.close()
         if "tabs" in self.__dict__:
             close_widgets(self.tabs)
             close_widgets(self.index)
