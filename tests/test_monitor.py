@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -70,6 +72,16 @@ def test_records_on_a_random_torchvision_model():
         assert (found.image, found.y, found.x) == (image, y, x)
         assert found.activation == pytest.approx(value, rel=1e-4)
     assert record.filters_layer == "conv1" and record.filters.shape == (64, 3, 7, 7)
+
+
+def test_large_crops_are_stored_downsampled(shapes):
+    model, data = shapes
+    full = cl.monitor(model, ["stage4:7"], data, crop_side=None).record().units[0]
+    small = cl.monitor(model, ["stage4:7"], data, crop_side=16).record().units[0]
+    assert max(full.patch.shape[-2:]) > 16 and max(small.patch.shape[-2:]) == 16
+    assert small.box == full.box and small.projection.shape == small.patch.shape
+    expected = F.interpolate(full.patch[None], size=small.patch.shape[-2:], mode="area")[0]
+    torch.testing.assert_close(small.patch, expected)
 
 
 def test_every_counts_calls_and_record_records_now(shapes):
@@ -176,6 +188,7 @@ def test_progress_and_cancel(shapes):
     ({"units": [cl.neuron("stage2", 1)]}, TypeError, "cl.channel"),
     ({"every": 0}, ValueError, "every"),
     ({"every": 1.5}, TypeError, "every"),
+    ({"crop_side": 0}, ValueError, "crop_side"),
     ({"images": torch.zeros(0, 3, 64, 64)}, ValueError, "empty"),
     ({"images": 7}, TypeError, "images"),
     ({"filters": "stage1.bn1"}, ValueError, "Conv2d"),
@@ -254,3 +267,14 @@ def test_on_the_gpu(shapes):
     cpu = Monitor(model.cpu(), UNITS, data).record()
     for a, b in zip(record.units, cpu.units):
         assert (a.image, a.y, a.x) == (b.image, b.y, b.x)
+
+
+def test_recording_loads_no_widget_layer():
+    """A script that only records never imports ipywidgets/anywidget (only ``monitor.view()`` does)."""
+    script = ("import sys, torch, cnnlens as cl\n"
+              "model, data = cl.zoo.shapes(8)\n"
+              "cl.monitor(model, ['stage2:1'], data).step()\n"
+              "print(sorted(m for m in ('ipywidgets', 'anywidget', 'matplotlib.pyplot') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

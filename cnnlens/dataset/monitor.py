@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core.data import batches, count
@@ -39,7 +40,7 @@ class UnitRecord:
     ``image`` indexes the probe set, ``(y, x)`` the layer's grid and ``box`` = ``(y0, y1, x0, x1)`` the
     receptive field in the probe image at the model's input size. ``projection`` (the DeconvNet projection of
     this one activation, scaled by it as :func:`cnnlens.deconvnet` does) and ``patch`` (the image) are C×h×w
-    crops to ``box``.
+    crops to ``box``, downsampled (area) when the box's longer side exceeds the monitor's ``crop_side``.
     """
 
     unit: str
@@ -93,10 +94,11 @@ class Monitor:
     """
 
     def __init__(self, model: nn.Module, units: Any, images: Any, every: int = 1, *,
-                 filters: str | None = None, batch_size: int = 64):
+                 filters: str | None = None, batch_size: int = 64, crop_side: int | None = 128):
         self.model = model
         self.every = positive_int(every, "every")
         self.batch_size = positive_int(batch_size, "batch_size")
+        self.crop_side = None if crop_side is None else positive_int(crop_side, "crop_side")
         self.calls = 0
         self.records: list[Record] = []
         self._listeners: list[weakref.WeakMethod | Callable] = []
@@ -215,11 +217,22 @@ def _record(monitor: Monitor, progress: ProgressFn | None, cancel: CancelToken |
             info = s.layer(unit.layer, monitor.size, argument="units")
             y0, y1, x0, x1 = info.receptive_field(y, x, monitor.size)
             found.append(UnitRecord(unit.description, value, index, y, x, (y0, y1, x0, x1),
-                                    projection[:, y0:y1, x0:x1].clone(), probe[index, :, y0:y1, x0:x1].clone()))
+                                    _kept(projection[:, y0:y1, x0:x1], monitor.crop_side),
+                                    _kept(probe[index, :, y0:y1, x0:x1], monitor.crop_side)))
         filters = None
         if monitor.filters_layer is not None:
             filters = s.module(monitor.filters_layer).weight.detach().to("cpu", torch.float32, copy=True)
     return Record(monitor.calls, found, filters, monitor.filters_layer, time.perf_counter() - start)
+
+
+def _kept(crop: torch.Tensor, side: int | None) -> torch.Tensor:
+    """A copy of a C×h×w crop, area-downsampled so its longer side is at most ``side`` (None: as it is), so
+    long runs on large images keep bounded records."""
+    h, w = crop.shape[-2:]
+    if side is None or max(h, w) <= side:
+        return crop.clone()
+    size = (max(round(h * side / max(h, w)), 1), max(round(w * side / max(h, w)), 1))
+    return F.interpolate(crop[None].float(), size=size, mode="area")[0]
 
 
 def _strongest(s: Session, probe: torch.Tensor, units: list[Channel], chunks: range, batch_size: int,
@@ -267,8 +280,9 @@ def _projections(s: Session, probe: torch.Tensor, units: list[Channel],
 
 
 def monitor(model: nn.Module, units: Any, images: Any, every: int = 1, *, filters: str | None = None,
-            batch_size: int = 64) -> Monitor:
+            batch_size: int = 64, crop_side: int | None = 128) -> Monitor:
     """A :class:`Monitor` of ``units`` ('layer:unit' strings or cl.channel objectives) over the probe set
     ``images`` (a B×C×H×W tensor, a list of images, a dataset or DataLoader), recording on every ``every``-th
-    ``step()``; ``filters`` names the convolution whose filters are recorded (default: the first one)."""
-    return Monitor(model, units, images, every, filters=filters, batch_size=batch_size)
+    ``step()``; ``filters`` names the convolution whose filters are recorded (default: the first one);
+    ``batch_size`` is the probe forward's batch; crops larger than ``crop_side`` are stored downsampled."""
+    return Monitor(model, units, images, every, filters=filters, batch_size=batch_size, crop_side=crop_side)
