@@ -198,6 +198,11 @@ def test_pointing_game_on_synthetic_maps():
     assert cl.pointing_game(outside, mask) is False
     assert cl.pointing_game(near, mask, tolerance=1) and not cl.pointing_game(near, mask, tolerance=0)
     assert cl.pointing_game(flat, mask) is False  # a flat map points nowhere
+    plateau = torch.zeros(32, 32)
+    plateau[12:22, 12:22] = 1  # a superpixel: 81 of its 100 pixels on the object (grown by 1 px)
+    assert cl.pointing_game(plateau, mask) is True
+    plateau[12:22, 12:22], plateau[14:24, 14:24] = 0, 1  # 49 of 100
+    assert cl.pointing_game(plateau, mask) is False
     hits = cl.pointing_game(torch.stack([inside, outside]), mask)
     assert hits.tolist() == [True, False]
 

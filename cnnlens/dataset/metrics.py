@@ -6,7 +6,8 @@
   is read after every step. A faithful map makes the probability fall fast when
   deleting (low area under the curve) and rise fast when inserting (high area).
 - Pointing game (Zhang et al. 2018): a hit when the map's maximum lies on the
-  object, i.e. inside the ground-truth mask grown by ``tolerance`` pixels.
+  object, i.e. inside the ground-truth mask grown by ``tolerance`` pixels (a
+  plateau of tied maxima: when most of it does).
 - Mask overlap: the fraction of the map's positive mass that lies inside the
   mask (the "energy-based pointing game" of Wang et al. 2020). It is 1 when all
   the evidence is on the object and the mask's area fraction for a uniform map.
@@ -252,14 +253,16 @@ def _maps_and_masks(saliency_map: Any, mask: Any) -> tuple[torch.Tensor, torch.T
 def pointing_game(saliency_map: Any, mask: Any, *, tolerance: int = 1) -> bool | torch.Tensor:
     """Whether the map's maximum lies inside ``mask`` grown by ``tolerance`` pixels (Zhang et al. 2018).
 
-    When several pixels share the maximum, every one of them must be inside (a flat map is no hit).
+    When several pixels share the maximum (a plateau: LIME's superpixels, an upsampled coarse map), it is a hit
+    when more than half of them are inside, so a flat map is a miss unless the object covers most of the image.
     One map → a bool; a batch → a bool tensor.
     """
     tolerance = positive_int(tolerance, "tolerance", minimum=0)
     maps, masks, single = _maps_and_masks(saliency_map, mask)
     grown = F.max_pool2d(masks[:, None].float(), 2 * tolerance + 1, stride=1, padding=tolerance)[:, 0] > 0
-    top = maps == maps.flatten(1).amax(1).view(-1, 1, 1)
-    hits = ~(top & ~grown).flatten(1).any(1)
+    top = (maps == maps.flatten(1).amax(1).view(-1, 1, 1)).flatten(1)
+    inside = (top & grown.flatten(1)).sum(1)
+    hits = 2 * inside > top.sum(1)
     return bool(hits[0]) if single else hits
 
 
