@@ -141,10 +141,16 @@ def test_class_images_are_the_scans_class_lists_with_scores_as_captions(shapes, 
         assert expected and view.lists[part] == expected
         grid = view.rows[part]
         assert shown_indices(view, grid) == [h.index for h in expected] and grid.shape[0] == len(expected)
-        assert grid.captions[0].endswith(f"{expected[0].score:.2f}")
+        assert grid.captions[0].endswith(f"{expected[0].score:.2f}" if expected[0].score >= 0.01
+                                         else f"{expected[0].score:.0e}")
+        assert grid.size == 72 * len(expected)
         np.testing.assert_allclose(tiles(grid)[0], mislabelled[expected[0].index][0].numpy(), atol=1e-6)
     wrong = result.class_wrong(star)[0]
-    assert view.rows["wrong"].captions[0] == (f"{result.class_names[wrong.label]}→star {wrong.score:.2f}")
+    assert view.rows["wrong"].captions[0] == f"{result.class_names[wrong.label]}→star {wrong.score:.2f}"
+    top = result.class_top(star)  # the label is named where it is not the class itself
+    assert [c.count(" ") for c in view.rows["top"].captions] == [int(h.label != star) for h in top]
+    assert all(c.startswith(result.class_names[h.label]) for c, h in zip(view.rows["bottom"].captions,
+                                                                            result.class_bottom(star)))
     assert "star" in view.rows["top"].title
 
     view.cls.value = 0

@@ -27,6 +27,7 @@ from .monitor_view import rgb
 from .panel import Panel
 
 TILE = 96  # longest tile side sent to the browser, in pixels
+ROW_TILE = 72  # displayed side of a class image, in pixels
 GRAY = 0.5  # outside the image: no pixels (and, in a projection, no signal)
 THREAD_NAME = "cnnlens-scan"
 
@@ -445,7 +446,7 @@ class ClassImagesView(_ScanView):
             raise ValueError(f"cls must be a class name or an int in [0, {len(names) - 1}], got {cls!r}.")
         self.names = names
         self.cls = W.Dropdown(options=[(name, i) for i, name in enumerate(names)], value=cls, description="class")
-        self.rows = {part: Panel("grid", title, size=540, columns=9, zoomable=False, normalize=False)
+        self.rows = {part: Panel("grid", title, size=ROW_TILE * 9, columns=9, zoomable=False, normalize=False)
                      for part, title in self.ROWS}
         self.note = W.HTML("")
         self.lists: dict[str, list[ClassHit]] = {}
@@ -500,6 +501,7 @@ class ClassImagesView(_ScanView):
                                     else "the images have no labels."))
                     continue
                 with self.hushed(grid):
+                    grid.size = ROW_TILE * len(hits)  # every row's tiles at one size, however many
                     grid.tile_names = [self._describe(h) for h in hits]
                     grid.captions = [self._caption(part, h) for h in hits]
                     grid.show_grid(tiles[part], title=f"{title} for {name!r} · p({name}) · of {result.count} images"
@@ -517,9 +519,13 @@ class ClassImagesView(_ScanView):
         return "?" if c is None else self.names[c] if 0 <= c < len(self.names) else str(c)
 
     def _caption(self, part: str, hit: ClassHit) -> str:
+        """The probability, after the label where it says something (label → prediction for a wrong one)."""
+        score = f"{hit.score:.2f}" if hit.score >= 0.01 else f"{hit.score:.0e}"
         if part == "wrong":
-            return f"{self._name(hit.label)}→{self._name(hit.prediction)} {hit.score:.2f}"
-        return f"{hit.score:.2f}" if hit.label is None else f"{self._name(hit.label)} {hit.score:.2f}"
+            return f"{self._name(hit.label)}→{self._name(hit.prediction)} {score}"
+        if hit.label is None or (part == "top" and hit.label == self.cls.value):
+            return score
+        return f"{self._name(hit.label)} {score}"
 
     def _describe(self, hit: ClassHit) -> str:
         return (f"image {hit.index} · label {self._name(hit.label)} · predicted {self._name(hit.prediction)} · "
