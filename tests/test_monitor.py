@@ -222,6 +222,17 @@ def test_a_failed_record_shows_in_the_view_and_reaches_the_loop(shapes):
     assert monitor._listeners == []
 
 
+def test_a_diverged_model_is_reported_not_recorded(shapes):
+    model, data = shapes
+    model = copy.deepcopy(model)
+    monitor = cl.monitor(model, ["stage1:0", "stage3:2"], data.images[:8])
+    with torch.no_grad():
+        model.stage2.conv1.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="stage3:2 has non-finite activations"):
+        monitor.step()
+    assert monitor.records == []
+
+
 def test_view_controls_and_layout(shapes):
     model, data = shapes
     monitor = cl.monitor(model, UNITS[:2], data.images[:8])

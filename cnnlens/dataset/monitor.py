@@ -13,6 +13,7 @@ only there) with no randomness, so a training run ends bitwise the same with or 
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -253,7 +254,10 @@ def _strongest(s: Session, probe: torch.Tensor, units: list[Channel], chunks: ra
                     a = a[:, unit.unit]  # B×H×W
                     flat = a.reshape(-1)
                     top = int(flat.argmax())
-                    value = float(flat[top])
+                    value = float(flat[top])  # NaN counts as the largest: a diverged unit is not missed
+                    if not math.isfinite(value):
+                        raise ValueError(f"units: {unit.description} has non-finite activations ({value}) on the "
+                                         "probe set: the training has diverged (check the loss and learning rate).")
                     if value > best[k][0]:
                         h, w = a.shape[1:]
                         best[k] = (value, start + top // (h * w), top % (h * w) // w, top % w)
