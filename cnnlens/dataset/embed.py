@@ -29,7 +29,7 @@ from torch import nn
 
 from ..core.data import batches, count, split_item
 from ..core.hooks import tensor_output_hooks
-from ..core.model import LayerInfo, unwrap
+from ..core.model import LayerInfo, spec_of, unwrap
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.session import Session, look, redone_when_weights_move, select_output
 from ..core.shadow import named_modules
@@ -160,7 +160,8 @@ class Embedder:
         if max_images is not None:
             positive_int(max_images, "max_images")
         self.total = total if max_images is None else min(total, max_images)
-        self._chosen = None if self.total == total else _spread(total, self.total)
+        ordered = isinstance(data, torch.utils.data.DataLoader)  # it decides its own order: its first images
+        self._chosen = None if self.total == total or ordered else _spread(total, self.total)
         self._size: tuple[int, int] | None = None
         self._version: tuple | None = None
         self._vectors: _Vectors | None = None
@@ -325,8 +326,6 @@ class Embedder:
 
     def _embedding(self, found: _Vectors, layer: str, method: str, points: np.ndarray,
                    params: dict[str, Any]) -> Embedding:
-        from ..core.model import spec_of
-
         return Embedding(torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)), found.labels,
                          found.predictions, found.indices, layer, method, params, spec_of(self.model).classes)
 
