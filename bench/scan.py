@@ -12,6 +12,8 @@ Memory: each run is a fresh subprocess over a dataset that makes its images on t
 takes no memory). After the model is loaded and one batch has run, the kernel's peak-RSS mark is reset
 (``/proc/self/clear_refs``); the peak RSS (``VmHWM``) after the pass minus the RSS before it is the pass's
 memory, for N and 4N images. A scan's should not grow with N (it keeps k × units candidates, no activations).
+The subprocesses run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed activations leave the RSS (without it,
+glibc keeps freed heap and the numbers wander by tens of MB from run to run).
 
 Where the time goes: cProfile of the default-model scan, the largest torch operations.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import cProfile
 import json
+import os
 import pstats
 import statistics
 import subprocess
@@ -109,8 +112,10 @@ def measure_memory(name: str, n: int, mode: str) -> dict:
 
 
 def memory_in_subprocess(name: str, n: int, mode: str) -> float:
+    # large blocks are mmapped and returned on free, so RSS follows live memory, not glibc's retained heap
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, __file__, "--memory", name, str(n), mode], capture_output=True, text=True,
-                         check=True)
+                         check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_increase_mb"]
 
 

@@ -146,7 +146,7 @@ def test_class_images_are_the_scans_class_lists_with_scores_as_captions(shapes, 
         assert grid.size == 72 * len(expected)
         np.testing.assert_allclose(tiles(grid)[0], mislabelled[expected[0].index][0].numpy(), atol=1e-6)
     wrong = result.class_wrong(star)[0]
-    assert view.rows["wrong"].captions[0] == f"{result.class_names[wrong.label]}→star {wrong.score:.2f}"
+    assert view.rows["wrong"].captions[0] == f"{result.class_names[wrong.label]} → star {wrong.score:.2f}"
     top = result.class_top(star)  # the label is named where it is not the class itself
     assert [c.count(" ") for c in view.rows["top"].captions] == [int(h.label != star) for h in top]
     assert all(c.startswith(result.class_names[h.label]) for c, h in zip(view.rows["bottom"].captions,
@@ -341,6 +341,20 @@ def test_a_failed_scan_shows_in_every_waiting_view(shapes, monkeypatch):
     top.close()
     classes.close()
     shared.close()
+
+
+def test_a_model_changed_since_the_scan_shows_what_failed_and_keeps_the_images(shapes, scanned):
+    model, data = shapes
+    model = copy.deepcopy(model)
+    view = TopImagesView(model, data, scan=scanned, layer="stage3", unit=5)
+    assert view.wait(60) and view.runner.last_error is None
+    shown = view.patches.heat
+    model.stage3 = torch.nn.Conv2d(32, 4, 1)
+    view.unit.value = 40
+    assert view.wait(60)
+    assert view.patches.status == "error" and "stage3:40 no longer exists" in view.patches.error
+    assert view.patches.heat == shown and view.hits == scanned.top("stage3", 5)  # the last good images stay
+    view.close()
 
 
 @pytest.mark.parametrize("make, error, words", [

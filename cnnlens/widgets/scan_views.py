@@ -217,6 +217,9 @@ def hit_projections(model: torch.nn.Module, images: torch.Tensor, layer: str, un
     where = [(hit.y, hit.x) for hit in hits]
 
     def chosen(acts, _logits):
+        if acts[layer].dim() != 4 or unit >= acts[layer].shape[1]:
+            raise ValueError(f"{layer}:{unit} no longer exists: the layer now outputs {tuple(acts[layer].shape[1:])} "
+                             "per image (the model changed since the scan). Scan again with a new view.")
         a = acts[layer][:, unit]
         return torch.stack([a[k, y, x] for k, (y, x) in enumerate(where)])
 
@@ -455,6 +458,7 @@ class ClassImagesView(_ScanView):
         self.children = (*self.children, self.note)
         self.watch(self.cls, lambda change: None if self.quiet(change) else self.request())
         for grid in self.rows.values():
+            grid.layout.width = "100%"  # one row of images per line
             self.watch(grid, self._clicked, "selected")
             grid.on_stop(self._stop_scan)
         self.request()
@@ -522,7 +526,7 @@ class ClassImagesView(_ScanView):
         """The probability, after the label where it says something (label → prediction for a wrong one)."""
         score = f"{hit.score:.2f}" if hit.score >= 0.01 else f"{hit.score:.0e}"
         if part == "wrong":
-            return f"{self._name(hit.label)}→{self._name(hit.prediction)} {score}"
+            return f"{self._name(hit.label)} → {self._name(hit.prediction)} {score}"
         if hit.label is None or (part == "top" and hit.label == self.cls.value):
             return score
         return f"{self._name(hit.label)} {score}"

@@ -58,7 +58,7 @@ def test_scan_views_render_answer_every_control_and_pick_images(open_notebook):
     # the captions are the class probabilities (and label → prediction for the wrong ones), as text
     captions = highest.locator(".cl-caption").all_text_contents()
     assert len(captions) == 9 and all(re.fullmatch(r"(\w+ )?0\.\d\d", c) for c in captions), captions
-    assert re.fullmatch(r"\w+→hexagon 0\.\d\d", wrong.locator(".cl-caption").first.text_content())
+    assert re.fullmatch(r"\w+ → hexagon 0\.\d\d", wrong.locator(".cl-caption").first.text_content())
     assert highest.locator(".cl-captions *").count() == 9  # one text span per tile, nothing else
     out = page.locator(".jp-OutputArea-output:has(.cnnlens-panel)")
     notebook.screenshot("scan_top_images", out.first)
@@ -96,7 +96,7 @@ def test_scan_errors_show_inside_the_views(open_notebook):
     # the model changed since the scan: the view says what failed, the last good images stay
     notebook.run_code("model.stage3 = torch.nn.Conv2d(32, 4, 1)\ntop.unit.value = 40\nprint('changed')", "changed")
     page.wait_for_function("el => el.dataset.status === 'error'", arg=patches.element_handle(), timeout=60_000)
-    assert "40" in patches.locator(".cl-error").text_content()
+    assert "stage3:40 no longer exists" in patches.locator(".cl-error").text_content()
     assert patches.evaluate(CANVAS) == good
     notebook.screenshot("scan_views_error", page.locator(".jp-OutputArea-output:has(.cnnlens-panel)").first)
     # a scan that fails (an item that is not an image) shows its cause in every view waiting for it
