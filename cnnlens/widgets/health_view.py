@@ -13,6 +13,7 @@ moving a threshold only compares kernels again.
 from __future__ import annotations
 
 import html
+import math
 from typing import Any
 
 import ipywidgets as W
@@ -37,6 +38,7 @@ FRAME = 3  # px per frame ring
 CAPTION = 12  # px of caption strip under each tile
 LISTED = 40  # pairs of each kind listed below the grid
 MAX_IMAGES = 256  # images the view reads for dead units (the first ones)
+MIN_SIZE, MAX_SIZE = 480, 800  # px: the grid's longer side on screen
 
 
 def kernel_image(weight: torch.Tensor) -> torch.Tensor:
@@ -91,6 +93,14 @@ def tiles(weight: torch.Tensor, report: HealthReport, layer: str) -> tuple[torch
         out.append(torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255).permute(2, 0, 1))
         names.append(describe(unit, found.get(unit, [])))
     return torch.stack(out), names
+
+
+def grid_size(images: torch.Tensor) -> int:
+    """Display size (px of the longer side) for a grid of these tiles: about 1.2 screen px per tile px."""
+    count, _, h, w = images.shape
+    cols = math.ceil(math.sqrt(count))
+    side = max(cols * (w + 1), math.ceil(count / cols) * (h + 1))
+    return int(min(MAX_SIZE, max(MIN_SIZE, 1.2 * side)))
 
 
 def describe(unit: int, findings: list) -> str:
@@ -169,12 +179,12 @@ class FilterHealthView(View):
             source = images.source
             self.data = source if len(source) <= max_images else torch.utils.data.Subset(source, range(max_images))
         else:
-            images = Images(torch.full((3, 8, 8), 0.5), model)  # no picture to pick: the picker stays hidden
+            images = Images(torch.full((3, 8, 8), 0.5), model)  # a placeholder: the view reads no image
         self.layer = W.Dropdown(options=names, value=layer or names[0], description="layer")
         self.duplicate = _slider(duplicate, "duplicate ≥", "cosine similarity of two kernels")
         self.rotated = _slider(rotated, "rotated ≥", "cosine similarity after a rotation or mirror")
         self.opposite = _slider(opposite, "opposite ≤ −", "negative cosine similarity (opposite phase)")
-        self.grid = Panel("grid", "filters", size=480, normalize=False, zoomable=True)
+        self.grid = Panel("grid", "filters", size=MIN_SIZE, normalize=False, zoomable=True)
         self.findings = W.HTML("")
         self.unit_info = W.HTML("")
         self.report: HealthReport | None = None  # the report drawn last
@@ -182,7 +192,7 @@ class FilterHealthView(View):
         self._names: list[str] = []
         super().__init__(model, images, [self.grid], [self.layer, self.duplicate, self.rotated, self.opposite], index)
         self.children = (*self.children, self.unit_info, self.findings)
-        if self.data is None and self._own_index:
+        if self._own_index:  # the view reads every image, not the picked one
             self.index.layout.display = "none"
         for widget in (self.layer, self.duplicate, self.rotated, self.opposite):
             self.watch(widget, lambda change: None if self.quiet(change) else self.refresh())
@@ -220,6 +230,7 @@ class FilterHealthView(View):
             pairs = ", ".join(f"{sum(1 for p in getattr(report, kind) if p.a[0] == layer)} {kind}"
                               for kind in ("duplicates", "rotated", "opposite"))
             self.grid.tile_names = names
+            self.grid.size = grid_size(images)
             self.grid.show_grid(images, title=f"{layer} · {report.units[layer]} filters · {dead} dead · "
                                               f"pairs: {pairs}")
             self.findings.value = findings_html(report, layer)
