@@ -67,6 +67,14 @@ def main() -> None:
                f"| {IMAGES} / {n} | {seconds:.0f} |")
         print(row, flush=True)
         rows.append(row)
+    noise = torch.rand(IMAGES, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    smooth = torch.nn.functional.interpolate(noise, size=images.shape[-2:], mode="bilinear")[:, 0]
+    deletion = cl.deletion(model, images, smooth, steps=64)
+    insertion = cl.insertion(model, images, smooth, steps=64)
+    rows.append(f"| *random smooth map (reference)* | {cl.pointing_game(smooth, masks).float().mean():.0%} "
+                f"| {cl.mask_overlap(smooth, masks).mean():.2f} | {deletion.auc.mean():.3f} "
+                f"| {insertion.auc.mean():.3f} | — | — | {IMAGES} / — | |")
+    print(rows[-1])
     text = "\n".join([
         f"Default model (`cl.zoo.shapes()`), first {IMAGES} held-out images, target = predicted class, each "
         "method with its registry defaults. Pointing game: the map's maximum on the object (mask grown by 1 px). "
@@ -74,7 +82,8 @@ def main() -> None:
         "black baseline / Gaussian blur σ = 5. Randomization check: Adebayo et al. 2018, cascading from `fc` down "
         f"to `stage1.conv1` (13 layers with parameters), passes when the mean |Spearman| of the absolute maps "
         "over the cascade is below 0.5; in brackets the |Spearman| with every layer random. "
-        "'images checked': images for the metrics / for the randomization check. "
+        "'images checked': images for the metrics / for the randomization check. The last row scores random "
+        "maps as smooth as a saliency map (8×8 uniform noise, upsampled): the chance level of each number. "
         f"Measured by bench/trust.py on 2 CPU threads ({time.strftime('%Y-%m-%d')}).", "", *rows, ""])
     OUT.write_text(text)
 
