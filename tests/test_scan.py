@@ -217,3 +217,16 @@ def test_a_distributed_scan_equals_one_scan(shapes, tmp_path):
         for c in range(8):
             assert got.class_top(c) == single.class_top(c) and got.class_wrong(c) == single.class_wrong(c)
     assert math.isfinite(single.top(LAYERS[0], 0)[0].value)
+
+
+def test_a_container_and_its_last_layer_share_one_reduction_and_agree(shapes):
+    """With the default layers, ``stage4`` (a container) outputs the very tensor of ``stage4.relu1``: the scan
+    reduces it once and both lists equal those of a scan of each layer alone."""
+    model, data = shapes
+    everything = cl.scan(model, data.images[:100], k=4, batch_size=32)
+    assert {"stage4", "stage4.relu1", "stage1", "stage1.pool"} <= set(everything.layers)
+    for name in ("stage4", "stage4.relu1", "stage1", "stage1.pool", "stage2.bn1"):
+        alone = cl.scan(model, data.images[:100], [name], k=4, batch_size=32)
+        for unit in range(alone.units(name)):
+            assert everything.top(name, unit) == alone.top(name, unit)
+            assert everything.bottom(name, unit) == alone.bottom(name, unit)

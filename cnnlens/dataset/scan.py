@@ -376,7 +376,7 @@ def _quantile(histogram: torch.Tensor, q: float) -> torch.Tensor:
 def _histogram(flat: torch.Tensor) -> torch.Tensor:
     """Counts of every unit's values (B×U×N) in the fixed asinh bins: U×_BINS."""
     units = flat.shape[1]
-    scaled = torch.asinh(flat.double() / _SCALE)
+    scaled = torch.asinh(flat.float() / _SCALE)
     bins = ((scaled + _SPAN) * (_BINS / (2 * _SPAN))).long().clamp(0, _BINS - 1)
     offsets = torch.arange(units, device=flat.device).view(1, units, 1) * _BINS
     counts = torch.bincount((bins + offsets).flatten(), minlength=units * _BINS)
@@ -433,58 +433,101 @@ def scan(model: torch.nn.Module, data: Any, layers: str | Sequence[str] | None =
 def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Steps) -> Scan:
     modules = named_modules(s.net)
     names: list[str] | None = None
+    hooked: list[str] = []
+    aliases: dict[str, str] = {}  # a layer whose output is another's very tensor (a container's last child)
     states: dict[str, _LayerState] = {}
     classes: _ClassState | None = None
     class_names = None
     seen = 0
     size = None
-    reduced: dict[str, tuple[torch.Tensor, torch.Tensor, Any]] = {}
+    forward: dict[str, Any] = {}  # this forward's batch indices, and which layers ran (by output identity)
 
     def record(name: str, _module: torch.nn.Module, output: torch.Tensor) -> None:
+        """Reduce ``output`` while it is intact (a later in-place op may change it) and merge it."""
+        identity = (output.data_ptr(), output._version, tuple(output.shape), output.stride())
+        forward["ran"][name] = identity
+        same = forward["outputs"].get(identity)
+        if same is not None and same != name:
+            forward["alias"][name] = same
+        forward["outputs"].setdefault(identity, name)
         flat = output.detach().flatten(2) if output.dim() > 2 else output.detach()[:, :, None]
-        values, positions = flat.max(2)
-        extra = None
+        values = flat.amax(2)  # positions only for the images that enter a list (below)
+        index = forward["index"]
+        units = values.shape[1]
+        if name not in states:
+            grid = tuple(output.shape[-2:]) if output.dim() == 4 else (1, 1)
+            states[name] = _new_state(grid, units, k, statistics)
+        state = states[name]
+        if state.top.values.shape[0] != units:
+            raise ValueError(f"layers: {name!r} changed its number of units between batches.")
+        rows = values.T.cpu()
+        where = index.expand(units, -1)
+        state.top = _with_positions(state.top.add(rows, where, _marks(units, len(index))), flat)
+        state.bottom = _with_positions(state.bottom.add(-rows.double(), where, _marks(units, len(index))), flat)
         if statistics:
-            extra = (flat.double().mean(2).sum(0), (values > 0).sum(0), _histogram(flat))
-        reduced[name] = (values, positions, extra)  # a reused module keeps its last call
+            state.sums += flat.float().mean(2).double().sum(0).cpu()
+            state.active += (values > 0).sum(0).cpu()
+            state.histogram += _histogram(flat)
 
     for chunk in chunks:
         x = s.prepare(chunk.images).x
         if names is None:
             size = tuple(x.shape[-2:])
             names = _chosen_layers(s, layers, size)
-        index = torch.tensor(chunk.indices, dtype=torch.int64)
-        reduced.clear()
-        with torch.no_grad(), tensor_output_hooks({n: modules[n] for n in names}, record):
+            hooked = list(names)
+        forward.update(index=torch.tensor(chunk.indices, dtype=torch.int64), ran={}, outputs={}, alias={})
+        with torch.no_grad(), tensor_output_hooks({n: modules[n] for n in hooked}, record):
             logits = _class_scores(s, x)
-        for name in names:
-            if name not in reduced:
-                raise ValueError(f"layers: {name!r} did not run in the forward pass (or its output is not a tensor).")
-            values, positions, extra = reduced[name]
-            values, positions = values.T.cpu(), positions.T.cpu()
-            rows = values.shape[0]
-            if name not in states:
-                grid = _grid(s, name, size)
-                states[name] = _LayerState(grid, _Best.empty(rows, k), _Best.empty(rows, k))
-                if statistics:
-                    states[name].sums = torch.zeros(rows, dtype=torch.float64)
-                    states[name].active = torch.zeros(rows, dtype=torch.int64)
-                    states[name].histogram = torch.zeros(rows, _BINS, dtype=torch.int64)
-            state = states[name]
-            where = index.expand(rows, -1)
-            state.top = state.top.add(values, where, positions)
-            state.bottom = state.bottom.add(-values.double(), where, positions)
-            if extra is not None:
-                state.sums += extra[0].cpu()
-                state.active += extra[1].cpu()
-                state.histogram += extra[2]
+        missing = [n for n in hooked if n not in forward["ran"]]
+        if missing:
+            raise ValueError(f"layers: {missing[0]!r} did not run in the forward pass (or its output is not a "
+                             "tensor).")
+        if not aliases and forward["alias"]:  # from the first batch on, an alias is a copy of its original
+            aliases = dict(forward["alias"])
+            hooked = [n for n in hooked if n not in aliases]
         if isinstance(logits, torch.Tensor) and logits.dim() == 2:
-            classes, class_names = _add_classes(classes, logits.detach(), index, chunk.labels, k), s.spec.classes
+            classes = _add_classes(classes, logits.detach(), forward["index"], chunk.labels, k)
+            class_names = s.spec.classes
         seen += len(chunk.indices)
         steps.advance(1)
+    for alias, original in aliases.items():
+        states[alias] = _copy_state(states[original])
+    states = {name: states[name] for name in names or []}
     if classes is not None:
         classes = _prune(classes)
     return Scan(k, seen, states, classes, list(class_names) if class_names else None, size)
+
+
+def _new_state(grid: tuple[int, int], units: int, k: int, statistics: bool) -> _LayerState:
+    state = _LayerState(grid, _Best.empty(units, k), _Best.empty(units, k))
+    if statistics:
+        state.sums = torch.zeros(units, dtype=torch.float64)
+        state.active = torch.zeros(units, dtype=torch.int64)
+        state.histogram = torch.zeros(units, _BINS, dtype=torch.int64)
+    return state
+
+
+def _copy_state(state: _LayerState) -> _LayerState:
+    def copied(best: _Best) -> _Best:
+        return _Best(best.values.clone(), best.index.clone(), best.extra.clone())
+    return _LayerState(state.grid, copied(state.top), copied(state.bottom),
+                       *(None if t is None else t.clone() for t in (state.sums, state.active, state.histogram)))
+
+
+def _marks(units: int, batch: int) -> torch.Tensor:
+    """Placeholder positions for a batch's candidates: −(row + 2) says "batch row ``row``, position unknown"."""
+    return -(torch.arange(batch) + 2).expand(units, -1)
+
+
+def _with_positions(best: _Best, flat: torch.Tensor) -> _Best:
+    """Fill in the position (first maximum) of every candidate that entered ``best`` from this batch."""
+    entered = best.extra <= -2
+    if bool(entered.any()):
+        units, slots = entered.nonzero(as_tuple=True)
+        rows = -best.extra[units, slots] - 2
+        positions = flat[rows.to(flat.device), units.to(flat.device)].argmax(1)
+        best.extra[units, slots] = positions.cpu()
+    return best
 
 
 def _class_scores(s: Any, x: torch.Tensor) -> torch.Tensor | None:
@@ -513,13 +556,6 @@ def _chosen_layers(s: Any, layers: Any, size: tuple[int, int]) -> list[str]:
         s.check_layer_name(name, argument="layers")
     order = {info.name: i for i, info in enumerate(s.layers(size))}
     return sorted(dict.fromkeys(layers), key=lambda n: order.get(n, len(order)))
-
-
-def _grid(s: Any, name: str, size: tuple[int, int]) -> tuple[int, int]:
-    info = next((i for i in s.layers(size) if i.name == name), None)
-    if info is not None and len(info.shape) == 3:
-        return int(info.shape[1]), int(info.shape[2])
-    return 1, 1
 
 
 def _add_classes(state: _ClassState | None, logits: torch.Tensor, index: torch.Tensor,
