@@ -246,6 +246,9 @@ def test_random_resnet_with_planted_faults():
     assert units(report.opposite) == {(4, 13)}
     every = cl.filter_health(model, layer="all")
     assert len(every.layers) == 20 and every.layers[0] == "conv1"
+    block = cl.filter_health(model, layer=["layer2", "layer2.0.conv2"])  # a block: every conv inside it, once
+    assert block.layers == ["conv1", "layer2.0.conv1", "layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv1",
+                            "layer2.1.conv2"]
 
 
 def test_pair_is_the_documented_triple():
@@ -292,8 +295,8 @@ def test_progress_and_cancel(shapes):
 
 @pytest.mark.parametrize("kwargs,error,match", [
     ({"layer": "stage9.conv1"}, ValueError, r"not a layer of the model.*stage1.conv1.*'all'"),
-    ({"layer": "stage2"}, ValueError, r"'stage2' is not a Conv2d layer.*inside 'stage2': stage2.conv1, stage2.conv2"),
-    ({"layer": "stage1.bn1"}, ValueError, r"not a Conv2d layer"),
+    ({"layer": "stage1.bn1"}, ValueError, r"'stage1.bn1' is not a Conv2d layer and holds none.*stage2.conv2"),
+    ({"layer": ["stage2", "fc"]}, ValueError, r"'fc' is not a Conv2d layer"),
     ({"layer": 3}, TypeError, r"layer must be a layer name"),
     ({"layer": torch.nn.Conv2d(3, 3, 3)}, ValueError, r"not a module of this model"),
     ({"duplicate": 0}, ValueError, r"duplicate must be a cosine similarity threshold in \(0, 1\]"),

@@ -176,7 +176,8 @@ def conv_layers(session: Session) -> list[str]:
 
 
 def _chosen(session: Session, layer: Any) -> list[str]:
-    """The first convolution plus ``layer`` (a name, a module, a list of them, or "all"), each once."""
+    """The first convolution plus ``layer`` (a conv's name or module, a block holding convs, a list of these, or
+    "all"), each once."""
     convs = conv_layers(session)
     if not convs:
         raise ValueError(f"model: {type(session.model).__name__} has no Conv2d layer; filter health compares "
@@ -197,15 +198,12 @@ def _chosen(session: Session, layer: Any) -> list[str]:
         if not isinstance(name, str):
             raise TypeError(f"layer must be a layer name, a Conv2d module of the model, a list of them, or 'all'; "
                             f"got {type(item).__name__}.")
-        if name not in convs:
-            inside = [c for c in convs if c.startswith(name + ".")]
-            shown = ", ".join(inside or convs)
-            where = f"Convolutions inside {name!r}" if inside else "Conv2d layers"
+        inside = [name] if name in convs else [c for c in convs if c.startswith(name + ".")]
+        if not inside:
             what = "is not a Conv2d layer" if name in named_modules(session.net) else "is not a layer of the model"
-            raise ValueError(f"layer {name!r} {what}: filter health compares convolution kernels. {where}: "
-                             f"{shown} (or layer='all').")
-        if name not in chosen:
-            chosen.append(name)
+            raise ValueError(f"layer {name!r} {what} and holds none: filter health compares convolution kernels. "
+                             f"Conv2d layers: {', '.join(convs)} (or layer='all').")
+        chosen += [c for c in inside if c not in chosen]
     return chosen
 
 
@@ -312,7 +310,8 @@ def filter_health(model: nn.Module, data: Any = None, layer: Any = None, *, dupl
     """Dead units, near-duplicate, rotated and opposite-phase filters of the first conv and ``layer``.
 
     ``data``: images to find dead units on (a dataset, DataLoader, tensor batch or list; None: only
-    all-zero kernels count as dead). ``layer``: a Conv2d name or module, a list of them, or ``"all"``.
+    all-zero kernels count as dead). ``layer``: a Conv2d name or module, a block (every Conv2d inside it), a
+    list of these, or ``"all"``.
     ``duplicate``/``rotated``/``opposite``: cosine-similarity thresholds in (0, 1]. See the module doc.
     """
     thresholds = {"duplicate": _threshold(duplicate, "duplicate"), "rotated": _threshold(rotated, "rotated"),
