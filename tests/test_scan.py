@@ -32,7 +32,7 @@ def _brute_force(model, images, layers):
     with look(model) as s, torch.no_grad(), capture(s.net, layers) as cap:
         logits = s.logits(images)
         out = {name: cap[name].flatten(2).max(2) for name in layers}
-    return out, torch.softmax(logits.double(), 1)
+    return out, torch.softmax(logits.double(), 1).float().double()  # the scan keeps float32 probabilities
 
 
 def _ranked(values: torch.Tensor, k: int, descending: bool) -> list[int]:
