@@ -471,10 +471,15 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
         state = states[name]
         if state.top.values.shape[0] != units:
             raise ValueError(f"layers: {name!r} changed its number of units between batches.")
-        rows = values.T.cpu()
-        where = index.expand(units, -1)
-        state.top = _with_positions(state.top.add(rows, where, _marks(units, len(index))), flat)
-        state.bottom = _with_positions(state.bottom.add(-rows.double(), where, _marks(units, len(index))), flat)
+        rows = values.T.cpu().double()
+        # the top and bottom lists merge as one 2U-row list (bottom rows hold −value): half the small ops
+        both = _Best(*(torch.cat([getattr(state.top, f), getattr(state.bottom, f)]) for f in ("values", "index",
+                                                                                              "extra")))
+        marks = _marks(units, len(index))
+        both = _with_positions(both.add(torch.cat([rows, -rows]), index.expand(2 * units, -1),
+                                        torch.cat([marks, marks])), flat)
+        state.top, state.bottom = (_Best(both.values[part], both.index[part], both.extra[part])
+                                   for part in (slice(0, units), slice(units, None)))
         if statistics:
             state.sums += flat.float().mean(2).double().sum(0).cpu()
             state.active += (values > 0).sum(0).cpu()
@@ -531,13 +536,15 @@ def _marks(units: int, batch: int) -> torch.Tensor:
 
 
 def _with_positions(best: _Best, flat: torch.Tensor) -> _Best:
-    """Fill in the position (first maximum) of every candidate that entered ``best`` from this batch."""
+    """Fill in the position (first maximum) of every candidate that entered ``best`` from this batch (row r of
+    ``best`` is unit r modulo the layer's units)."""
     entered = best.extra <= -2
     if bool(entered.any()):
-        units, slots = entered.nonzero(as_tuple=True)
-        rows = -best.extra[units, slots] - 2
+        lines, slots = entered.nonzero(as_tuple=True)
+        units = lines % flat.shape[1]
+        rows = -best.extra[lines, slots] - 2
         positions = flat[rows.to(flat.device), units.to(flat.device)].argmax(1)
-        best.extra[units, slots] = positions.cpu()
+        best.extra[lines, slots] = positions.cpu()
     return best
 
 
