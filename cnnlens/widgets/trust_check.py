@@ -83,7 +83,7 @@ class CheckAction:
     def __init__(self, request: Callable[[], tuple[torch.nn.Module, Images, int, MethodInfo, Any, dict[str, Any]]]):
         self.request = request
         self.button = W.Button(description="check", tooltip="Randomization test, deletion/insertion, pointing game "
-                               "for the current map", icon="check")
+                               "for the current map")
         self.numbers = Panel("bars", "checks")
         self.plot = Panel("image", "", max_side=1000, size=960)  # the figure's own pixels: crisp text
         self.box = W.HBox([self.numbers, self.plot], layout=W.Layout(flex_flow="row wrap", display="none"))
