@@ -154,6 +154,20 @@ class View(W.VBox):
         """Whether an observed ``change`` was made by the view itself (filling a dropdown), not by the user."""
         return id(change["owner"]) in self._hush
 
+    def request(self) -> None:
+        """Recompute for the current controls (a :class:`Deferred` view: once it is active)."""
+        self.refresh()
+
+    def select(self, layer: str, unit: int) -> bool:
+        """Show ``layer``:``unit`` (from a linked view): one recompute; no change event reaches other views.
+
+        Returns False when this view has no such layer or unit.
+        """
+        moved = self.move_unit(layer, unit)
+        if moved:
+            self.request()
+        return moved is not None
+
     def move_unit(self, layer: str, unit: int) -> bool | None:
         """Set this view's ``layer`` and ``unit`` controls quietly (for a linked view; the view has ``table``,
         ``layer`` and ``unit``): None when it has no such layer or unit, False when they already show it, True
@@ -242,3 +256,33 @@ def spatial_layers(model: torch.nn.Module, images: Images) -> list:
                          f"size {size}; the views look at feature maps, so they need a convolutional model. "
                          "Gradient methods such as cnnlens.saliency still work on it.")
     return found
+
+
+class Deferred:
+    """For views that compute only while *active* (a Lens tab that is open): a change made while inactive is
+    computed on :meth:`activate`. Mixed in before :class:`View`; the subclass sets ``_active``."""
+
+    _active = True
+    _stale = False
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def activate(self) -> None:
+        """Compute from now on; catch up with a change made while inactive."""
+        self._active = True
+        if self._stale and not self.closed:
+            self.request()
+
+    def deactivate(self) -> None:
+        """Defer new work until :meth:`activate` (a running job finishes)."""
+        self._active = False
+
+    def request(self) -> None:
+        """Recompute now if active, else when activated."""
+        if self.closed:
+            return
+        self._stale = not self._active
+        if self._active:
+            self.refresh()

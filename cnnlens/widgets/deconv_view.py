@@ -45,16 +45,6 @@ class DeconvView(View):
             self.unit.max = self.table[self.layer.value].channels - 1
         self.refresh()
 
-    def select(self, layer: str, unit: int) -> bool:
-        """Show ``layer``:``unit`` (from a linked view): one recompute; no change event reaches other views.
-
-        Returns False when this view has no such layer or unit.
-        """
-        moved = self.move_unit(layer, unit)
-        if moved:
-            self.refresh()
-        return moved is not None
-
     def refresh(self) -> None:
         image, _ = self.image
         model = self.model

@@ -109,22 +109,6 @@ class FeaturesView(SynthesisView):
         if not self.quiet(change) and 0 <= t < len(self._units) and self._units[t] != self.unit.value:
             self.unit.value = self._units[t]
 
-    def select(self, layer: str, unit: int) -> bool:
-        """Show ``layer``:``unit`` (from a linked view): one recompute; no change event reaches other views.
-
-        Returns False when this view has no such layer or unit.
-        """
-        moved = self.move_unit(layer, unit)
-        if moved:
-            self.request()
-        return moved is not None
-        with self.hushed(self.layer, self.unit):
-            self.layer.value = layer
-            self.unit.max = self.table[layer].channels - 1
-            self.unit.value = unit
-        self.request()
-        return True
-
     # --- compute ------------------------------------------------------------------------------
 
     def options(self) -> dict:

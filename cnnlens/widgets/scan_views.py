@@ -22,7 +22,7 @@ from ..core.objectives import Custom
 from ..core.progress import Cancelled, CancelToken, ProgressFn
 from ..dataset.scan import ClassHit, Hit, Scan, scan
 from ..explain.deconvnet import deconvnet
-from .base import Images, View, class_names, spatial_layers
+from .base import Deferred, Images, View, class_names, spatial_layers
 from .monitor_view import rgb
 from .panel import Panel
 
@@ -237,7 +237,7 @@ def _stack(images: Images, indices: list[int]) -> torch.Tensor:
 # --- views --------------------------------------------------------------------------------------
 
 
-class _ScanView(View):
+class _ScanView(Deferred, View):
     """A view that reads a :class:`SharedScan` (its own unless one is given) and picks images by click.
 
     Like the synthesis views it computes only while *active* (``active=False``: from :meth:`activate` on, so a
@@ -252,28 +252,6 @@ class _ScanView(View):
         self._own_scan = not isinstance(given, SharedScan)
         self.shared = given if isinstance(given, SharedScan) else SharedScan(model, images, result=given)
         self.shared.attach()
-
-    @property
-    def active(self) -> bool:
-        return self._active
-
-    def activate(self) -> None:
-        """Compute from now on; catch up with a change made while inactive."""
-        self._active = True
-        if self._stale and not self.closed:
-            self.request()
-
-    def deactivate(self) -> None:
-        """Defer new work until :meth:`activate` (a running job finishes)."""
-        self._active = False
-
-    def request(self) -> None:
-        """Recompute now if active, else when activated."""
-        if self.closed:
-            return
-        self._stale = not self._active
-        if self._active:
-            self.refresh()
 
     def _stop_scan(self) -> None:
         if not self.closed:
@@ -363,16 +341,6 @@ class TopImagesView(_ScanView):
         with self.hushed(self.unit):
             self.unit.max = self.table[self.layer.value].channels - 1
         self.request()
-
-    def select(self, layer: str, unit: int) -> bool:
-        """Show ``layer``:``unit`` (from a linked view): one recompute; no change event reaches other views.
-
-        Returns False when this view has no such layer or unit.
-        """
-        moved = self.move_unit(layer, unit)
-        if moved:
-            self.request()
-        return moved is not None
 
     def refresh(self) -> None:
         self._check_open()

@@ -18,7 +18,7 @@ import torch
 
 from ..core.display import to_uint8
 from ..core.progress import Cancelled
-from .base import View
+from .base import Deferred, View
 from .panel import Panel
 
 GAP = 2  # white pixels between images tiled in a row
@@ -62,7 +62,7 @@ def style() -> dict:
     return {"description_width": "initial"}
 
 
-class SynthesisView(View):
+class SynthesisView(Deferred, View):
     """A view whose job optimizes images; see the module doc.
 
     Subclasses implement ``refresh()`` with :meth:`stream_job`, and set ``uses_image`` when the result
@@ -78,33 +78,6 @@ class SynthesisView(View):
         self._drawn: tuple | None = None  # (draw, result, state) of the result shown last: redrawn on display changes
         self.saved = b""  # the bytes of the last "save PNG"
         super().__init__(model, images, panels, controls, index)
-
-    # --- deferred work ------------------------------------------------------------------------
-
-    @property
-    def active(self) -> bool:
-        return self._active
-
-    def activate(self) -> None:
-        """Compute from now on; catch up with a change made while inactive."""
-        self._active = True
-        if self._stale and not self.closed:
-            self._stale = False
-            self.refresh()
-
-    def deactivate(self) -> None:
-        """Defer new work until :meth:`activate` (a running job finishes)."""
-        self._active = False
-
-    def request(self) -> None:
-        """Recompute now if active, else when activated."""
-        if self.closed:
-            return
-        if self._active:
-            self._stale = False
-            self.refresh()
-        else:
-            self._stale = True
 
     def image_changed(self) -> None:
         if self.uses_image:
