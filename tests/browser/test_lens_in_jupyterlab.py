@@ -43,10 +43,15 @@ def render_count(panel) -> int:
     return int(panel.evaluate("el => +(el.dataset.renderCount || 0)"))
 
 
-def wait_redraw(page, panel, before: int, timeout: float = 60_000) -> None:
+def wait_redraw(page, panel, before: int, pixels: str | None = None, timeout: float = 60_000) -> None:
+    """Wait for a new drawing and an idle panel; with ``pixels``, until the canvas differs from them too (a
+    streamed method's first partial can draw, and the panel read idle, before its job reports running)."""
     handle = panel.element_handle()
-    page.wait_for_function("([el, n]) => +(el.dataset.renderCount || 0) > n && el.dataset.status !== 'running'",
-                           arg=[handle, before], timeout=timeout)
+    page.wait_for_function(
+        """([el, n, p]) => +(el.dataset.renderCount || 0) > n && el.dataset.status !== 'running'
+            && (p === null || (() => { const c = el.querySelector('canvas.cl-canvas');
+                                      return (c && !c.hidden ? c.toDataURL() : '') !== p; })())""",
+        arg=[handle, before, pixels], timeout=timeout)
 
 
 def wait_title(page, panel, text: str, timeout: float = 60_000) -> None:
@@ -89,13 +94,13 @@ def test_attribution_controls_change_the_drawing(demo: Notebook):
     for label in ("Gradient saliency", "Occlusion", "LIME"):
         before_pixels, before = panel.evaluate(CANVAS), render_count(panel)
         choose(page, "method", label)
-        wait_redraw(page, panel, before)
+        wait_redraw(page, panel, before, before_pixels)
         page.wait_for_function("([el, t]) => el.querySelector('.cl-title').textContent.startsWith(t)",
                                arg=[panel.element_handle(), label])  # the title comes back from the kernel
         assert panel.evaluate(CANVAS) != before_pixels, label
     before_pixels, before = panel.evaluate(CANVAS), render_count(panel)
     set_slider(page, "samples", 120)  # LIME's own control
-    wait_redraw(page, panel, before)
+    wait_redraw(page, panel, before, before_pixels)
     assert panel.evaluate(CANVAS) != before_pixels
     for method, slider, value in (("SmoothGrad", "noise", 0.35), ("Integrated Gradients", "steps", 6)):
         before = render_count(panel)
@@ -103,7 +108,7 @@ def test_attribution_controls_change_the_drawing(demo: Notebook):
         wait_redraw(page, panel, before)
         before_pixels, before = panel.evaluate(CANVAS), render_count(panel)
         set_slider(page, slider, value)
-        wait_redraw(page, panel, before)
+        wait_redraw(page, panel, before, before_pixels)
         assert panel.evaluate(CANVAS) != before_pixels, slider
     # display controls change the drawing in the browser alone: no new result from the kernel
     published = demo.run_code("view = lens.views['Attribution']; view.wait(); print('PUBLISHED', view.panel.results)",
@@ -133,11 +138,11 @@ def test_target_and_image_picker_reach_the_kernel(demo: Notebook):
     wait_rendered(page)
     before_pixels, before = panel.evaluate(CANVAS), render_count(panel)
     page.locator(".widget-dropdown:visible:has(label:text-is('target')) select").select_option(index=1)
-    wait_redraw(page, panel, before)
+    wait_redraw(page, panel, before, before_pixels)
     assert panel.evaluate(CANVAS) != before_pixels
     before_pixels, before = panel.evaluate(CANVAS), render_count(panel)
     set_slider(page, "image", 7)
-    wait_redraw(page, panel, before)
+    wait_redraw(page, panel, before, before_pixels)
     assert panel.evaluate(CANVAS) != before_pixels
 
 
@@ -148,7 +153,7 @@ def test_activations_layer_and_zoom(demo: Notebook):
     grid = page.locator(".cnnlens-panel:visible[data-kind='grid']").first
     before_pixels, before = grid.evaluate(CANVAS), render_count(grid)
     choose(page, "layer", "stage3")
-    wait_redraw(page, grid, before)
+    wait_redraw(page, grid, before, before_pixels)
     assert grid.evaluate(CANVAS) != before_pixels
     grid.locator("canvas.cl-canvas").click(position={"x": 5, "y": 5})
     page.wait_for_function("el => el.querySelector('.cl-zoom-info').textContent.startsWith('#0')",
@@ -163,15 +168,15 @@ def test_deconvnet_unit_and_layer(demo: Notebook):
     projection = visible_panels(page).nth(1)
     before_pixels, before = projection.evaluate(CANVAS), render_count(projection)
     set_slider(page, "unit", 5)
-    wait_redraw(page, projection, before)
+    wait_redraw(page, projection, before, before_pixels)
     assert projection.evaluate(CANVAS) != before_pixels
     before_pixels, before = projection.evaluate(CANVAS), render_count(projection)
     choose(page, "project", "whole feature map")
-    wait_redraw(page, projection, before)
+    wait_redraw(page, projection, before, before_pixels)
     assert projection.evaluate(CANVAS) != before_pixels
     before_pixels, before = projection.evaluate(CANVAS), render_count(projection)
     choose(page, "layer", "stage2")
-    wait_redraw(page, projection, before)
+    wait_redraw(page, projection, before, before_pixels)
     assert projection.evaluate(CANVAS) != before_pixels
     demo.screenshot("deconvnet_stage2", page.locator(".widget-tab:visible").first)
 
@@ -183,7 +188,7 @@ def test_occlusion_sliders_and_stop(demo: Notebook):
     prob = visible_panels(page).first
     before_pixels, before = prob.evaluate(CANVAS), render_count(prob)
     set_slider(page, "mask size", 24)
-    wait_redraw(page, prob, before)
+    wait_redraw(page, prob, before, before_pixels)
     assert prob.evaluate(CANVAS) != before_pixels
     assert visible_panels(page).nth(2).locator(".cl-legend-item").count() >= 1
     # the default stride depends on the machine's speed: move it to a value it does not have
@@ -191,7 +196,7 @@ def test_occlusion_sliders_and_stop(demo: Notebook):
     for change in (lambda: set_slider(page, "stride", stride), lambda: choose(page, "mask value", "zero")):
         before_pixels, before = prob.evaluate(CANVAS), render_count(prob)
         change()
-        wait_redraw(page, prob, before)
+        wait_redraw(page, prob, before, before_pixels)
         assert prob.evaluate(CANVAS) != before_pixels
     # the feature-map panel's title names its layer and unit: wait for the one each change asks for
     unit_panel = visible_panels(page).nth(1)
