@@ -69,6 +69,24 @@ def test_the_scan_equals_a_brute_force_top_k(shapes):
     assert scan.class_top("circle") == scan.class_top(0)
 
 
+def test_every_default_layer_equals_the_brute_force_top_k(shapes):
+    """All spatial layers at once, where the allocator reuses a freed activation's memory for a later layer of
+    the same shape (a layer must never be mistaken for a copy of another) and in-place ReLUs overwrite the
+    batch-norm outputs after their hooks ran."""
+    model, data = shapes
+    scan = cl.scan(model, data, k=3, batch_size=32)
+    assert len(scan.layers) == 26
+    brute, _ = _brute_force(model, data.images, scan.layers)
+    for name in scan.layers:
+        values, positions = brute[name]
+        width = scan.grid(name)[1]
+        for unit in range(values.shape[1]):
+            top, bottom = scan.top(name, unit), scan.bottom(name, unit)
+            assert [h.index for h in top] == _ranked(values[:, unit].double(), 3, True), (name, unit)
+            assert [h.index for h in bottom] == _ranked(values[:, unit].double(), 3, False), (name, unit)
+            assert all(h.y * width + h.x == int(positions[h.index, unit]) for h in top + bottom), (name, unit)
+
+
 def test_ties_are_broken_by_the_lower_index():
     conv = torch.nn.Conv2d(3, 2, 1)
     model = torch.nn.Sequential(conv, torch.nn.ReLU()).eval()

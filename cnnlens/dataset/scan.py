@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -441,46 +442,101 @@ def scan(model: torch.nn.Module, data: Any, layers: str | Sequence[str] | None =
     return result
 
 
+class _Lists:
+    """Every scanned layer's top and bottom lists as the rows of one :class:`_Best`, merged once per batch.
+
+    Rows are [top rows of every layer (U₁ + U₂ + … rows), then their bottom rows (the same order)]; bottom
+    rows hold −value. ``threshold`` holds each row's k-th value, signed, as float32 on the model's device, so
+    the hooks can tell which image–unit pairs may enter (value ≥ the top row's k-th, or ≤ the bottom row's)
+    and find positions only for those. One merge per batch instead of one per layer keeps the per-layer cost
+    of the scan to a handful of tensor operations.
+    """
+
+    def __init__(self, units: dict[str, int], k: int, device: torch.device):
+        self.offsets: dict[str, int] = {}
+        rows = 0
+        for name, n in units.items():
+            self.offsets[name] = rows
+            rows += n
+        self.units, self.rows = units, rows
+        self.best = _Best.empty(2 * rows, k)
+        self.sign = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(device)
+        self.threshold = torch.cat([torch.full((rows,), -math.inf), torch.full((rows,), math.inf)]).to(device)
+
+    def bounds(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top and bottom entry thresholds of ``name``'s units (views)."""
+        start, n = self.offsets[name], self.units[name]
+        return self.threshold[start:start + n], self.threshold[self.rows + start:self.rows + start + n]
+
+    def add(self, values: dict[str, torch.Tensor], found: dict[str, tuple[torch.Tensor, ...]],
+            index: torch.Tensor) -> None:
+        """Merge one batch: per layer its B×U maxima, and (image row, unit, position) of the pairs that may
+        enter (the others cannot, so they need no position)."""
+        tops = torch.cat([values[n].T for n in self.units]).cpu().double()
+        where = torch.full(tops.shape, -1, dtype=torch.int64)
+        images, units, positions = (torch.cat(part).cpu() for part in zip(*(
+            (found[n][0], found[n][1] + self.offsets[n], found[n][2]) for n in self.units)))
+        where[units, images] = positions
+        self.best = self.best.add(torch.cat([tops, -tops]), index.expand(2 * self.rows, -1),
+                                  torch.cat([where, where]))
+        self.threshold = self.best.values[:, -1].float().to(self.sign.device) * self.sign
+
+    def layer(self, name: str) -> tuple[_Best, _Best]:
+        start, n = self.offsets[name], self.units[name]
+        best = self.best
+        return tuple(_Best(best.values[part].clone(), best.index[part].clone(), best.extra[part].clone())
+                     for part in (slice(start, start + n), slice(self.rows + start, self.rows + start + n)))
+
+
 def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Steps) -> Scan:
     modules = named_modules(s.net)
     names: list[str] | None = None
     hooked: list[str] = []
     aliases: dict[str, str] = {}  # a layer whose output is another's very tensor (a container's last child)
     states: dict[str, _LayerState] = {}
+    lists: _Lists | None = None
     classes: _ClassState | None = None
     class_names = None
     seen = 0
     size = None
-    forward: dict[str, Any] = {}  # this forward's batch indices, and which layers ran (by output identity)
+    forward: dict[str, Any] = {}  # this forward's maxima and positions, which layers ran, their outputs
 
     def record(name: str, _module: torch.nn.Module, output: torch.Tensor) -> None:
-        """Reduce ``output`` while it is intact (a later in-place op may change it) and merge it."""
-        identity = (output.data_ptr(), output._version, tuple(output.shape), output.stride())
-        forward["ran"][name] = identity
-        same = forward["outputs"].get(identity)
-        if same is not None and same != name:
-            forward["alias"][name] = same
-        forward["outputs"].setdefault(identity, name)
+        """Reduce ``output`` while it is intact (a later in-place op may change it)."""
+        forward["ran"].add(name)
+        earlier = forward["outputs"].get(id(output))  # (weak reference, version, layer) of an earlier output
+        if earlier is not None and earlier[0]() is output and earlier[1] == output._version:
+            forward["alias"][name] = earlier[2]  # the very tensor, unchanged since: a container's last child
+        else:  # (a dead tensor's id may be reused: the weak reference tells them apart)
+            forward["outputs"][id(output)] = (weakref.ref(output), output._version, name)
         flat = output.detach().flatten(2) if output.dim() > 2 else output.detach()[:, :, None]
-        values = flat.amax(2)  # positions only for the images that enter a list (below)
-        index = forward["index"]
-        units = values.shape[1]
+        batch, units, size = flat.shape
         if name not in states:
             grid = tuple(output.shape[-2:]) if output.dim() == 4 else (1, 1)
             states[name] = _new_state(grid, units, k, statistics)
-        state = states[name]
-        if state.top.values.shape[0] != units:
+        elif states[name].top.values.shape[0] != units:
             raise ValueError(f"layers: {name!r} changed its number of units between batches.")
-        rows = values.T.cpu().double()
-        # the top and bottom lists merge as one 2U-row list (bottom rows hold −value): half the small ops
-        both = _Best(*(torch.cat([getattr(state.top, f), getattr(state.bottom, f)]) for f in ("values", "index",
-                                                                                              "extra")))
-        marks = _marks(units, len(index))
-        both = _with_positions(both.add(torch.cat([rows, -rows]), index.expand(2 * units, -1),
-                                        torch.cat([marks, marks])), flat)
-        state.top, state.bottom = (_Best(both.values[part], both.index[part], both.extra[part])
-                                   for part in (slice(0, units), slice(units, None)))
+        if lists is None and size >= 16 * _BLOCK and size % _BLOCK == 0:
+            # first batch, large maps: every pair's position, in blocks (about 2k of every B pairs enter)
+            values, positions = _blockwise_max(flat)
+            found = (torch.arange(batch, device=flat.device).repeat_interleave(units),
+                     torch.arange(units, device=flat.device).repeat(batch), positions.flatten())
+        else:
+            values = flat.amax(2)
+            if lists is not None:
+                top, bottom = lists.bounds(name)
+            elif batch > 2 * k:  # first batch: a pair enters only if among this batch's k best or worst
+                top, bottom = values.kthvalue(batch - k + 1, 0).values, values.kthvalue(k, 0).values
+            else:
+                top, bottom = -math.inf, math.inf  # every pair may enter
+            rows, columns = ((values >= top) | (values <= bottom)).nonzero(as_tuple=True)  # pairs that may enter
+            entrants = flat[rows, columns]
+            positions = _blockwise_max(entrants[None])[1][0] if size % _BLOCK == 0 and size >= 16 * _BLOCK \
+                else entrants.argmax(1)
+            found = (rows, columns, positions)
+        forward["values"][name], forward["found"][name] = values, found
         if statistics:
+            state = states[name]
             state.sums += flat.float().mean(2).double().sum(0).cpu()
             state.active += (values > 0).sum(0).cpu()
             state.histogram += _histogram(flat)
@@ -491,27 +547,46 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
             size = tuple(x.shape[-2:])
             names = _chosen_layers(s, layers, size)
             hooked = list(names)
-        forward.update(index=torch.tensor(chunk.indices, dtype=torch.int64), ran={}, outputs={}, alias={})
+        index = torch.tensor(chunk.indices, dtype=torch.int64)
+        forward.update(ran=set(), outputs={}, alias={}, values={}, found={})
         with torch.no_grad(), tensor_output_hooks({n: modules[n] for n in hooked}, record):
             logits = _class_scores(s, x)
         missing = [n for n in hooked if n not in forward["ran"]]
         if missing:
             raise ValueError(f"layers: {missing[0]!r} did not run in the forward pass (or its output is not a "
                              "tensor).")
-        if not aliases and forward["alias"]:  # from the first batch on, an alias is a copy of its original
+        if lists is None:  # the first batch fixes the layout; an alias is a copy of its original from now on
             aliases = dict(forward["alias"])
             hooked = [n for n in hooked if n not in aliases]
+            lists = _Lists({n: states[n].top.values.shape[0] for n in hooked}, k, x.device)
+        lists.add(forward["values"], forward["found"], index)
         if isinstance(logits, torch.Tensor) and logits.dim() == 2:
-            classes = _add_classes(classes, logits.detach(), forward["index"], chunk.labels, k)
+            classes = _add_classes(classes, logits.detach(), index, chunk.labels, k)
             class_names = s.spec.classes
         seen += len(chunk.indices)
         steps.advance(1)
+    for name in hooked:
+        states[name].top, states[name].bottom = lists.layer(name)
     for alias, original in aliases.items():
         states[alias] = _copy_state(states[original])
     states = {name: states[name] for name in names or []}
     if classes is not None:
         classes = _prune(classes)
     return Scan(k, seen, states, classes, list(class_names) if class_names else None, size)
+
+
+_BLOCK = 64  # positions of large maps: the maximum of each block of 64 values, then one block's argmax
+
+
+def _blockwise_max(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's maximum and the position of its first occurrence (B×U×N, N a multiple of _BLOCK), as
+    ``flat.max(2)`` but about 4× faster: argmax over long rows is slow on the CPU, a vectorized max over blocks
+    and an argmax over one block per row are not."""
+    batch, units, size = flat.shape
+    blocks = flat.view(batch, units, size // _BLOCK, _BLOCK)
+    values, block = blocks.amax(3).max(2)  # the first block holding the maximum holds its first occurrence
+    inside = blocks.gather(2, block[..., None, None].expand(-1, -1, 1, _BLOCK)).squeeze(2).argmax(2)
+    return values, block * _BLOCK + inside
 
 
 def _new_state(grid: tuple[int, int], units: int, k: int, statistics: bool) -> _LayerState:
@@ -528,24 +603,6 @@ def _copy_state(state: _LayerState) -> _LayerState:
         return _Best(best.values.clone(), best.index.clone(), best.extra.clone())
     return _LayerState(state.grid, copied(state.top), copied(state.bottom),
                        *(None if t is None else t.clone() for t in (state.sums, state.active, state.histogram)))
-
-
-def _marks(units: int, batch: int) -> torch.Tensor:
-    """Placeholder positions for a batch's candidates: −(row + 2) says "batch row ``row``, position unknown"."""
-    return -(torch.arange(batch) + 2).expand(units, -1)
-
-
-def _with_positions(best: _Best, flat: torch.Tensor) -> _Best:
-    """Fill in the position (first maximum) of every candidate that entered ``best`` from this batch (row r of
-    ``best`` is unit r modulo the layer's units)."""
-    entered = best.extra <= -2
-    if bool(entered.any()):
-        lines, slots = entered.nonzero(as_tuple=True)
-        units = lines % flat.shape[1]
-        rows = -best.extra[lines, slots] - 2
-        positions = flat[rows.to(flat.device), units.to(flat.device)].argmax(1)
-        best.extra[lines, slots] = positions.cpu()
-    return best
 
 
 def _class_scores(s: Any, x: torch.Tensor) -> torch.Tensor | None:
