@@ -118,10 +118,13 @@ class Session:
         warn_if_out_of_range(batch.x, self.spec.mean is not None)
         return batch
 
+    def net_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the network itself receives for [0, 1] images ``x``: normalized when the spec says so."""
+        return (x - self._norm[0]) / self._norm[1] if self._norm is not None else x
+
     def raw_forward(self, x: torch.Tensor) -> Any:
         """The network's own output for [0, 1] images ``x`` (normalized first when the spec says so)."""
-        if self._norm is not None:
-            x = (x - self._norm[0]) / self._norm[1]
+        x = self.net_input(x)
         try:
             return self.net(x)
         except RuntimeError as error:
@@ -157,7 +160,11 @@ class Session:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Checked B×K logits for ``x``: NaN/Inf or a wrong shape is a clear ValueError."""
-        out = select_output(self.raw_forward(x), self.spec.output)
+        return self.checked_logits(self.raw_forward(x))
+
+    def checked_logits(self, output: Any) -> torch.Tensor:
+        """The B×K logits inside the network's ``output``, checked (see :meth:`logits`)."""
+        out = select_output(output, self.spec.output)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"The selected model output is a {type(out).__name__}, not a tensor of logits.")
         if out.dim() > 2 and all(s == 1 for s in out.shape[2:]):

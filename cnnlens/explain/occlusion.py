@@ -46,6 +46,7 @@ from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
 from ..core.session import Session, look, redone_when_weights_move
 from ._common import explanation, objective_for, positive_int
+from .incremental import Incremental, graph_of, output_node_of
 
 MASK_VALUES = ("gray", "mean", "zero", "blur")
 
@@ -102,9 +103,9 @@ def _checked(mask_size: int | None, stride: int | None, mask_value: Any, size: t
 @redone_when_weights_move
 def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: int | None = None,
               stride: int | None = None, mask_value: Any = "gray", layer: Any = None,
-              unit: int | None = None, batch_size: int | None = None, progress: ProgressFn | None = None,
-              cancel: CancelToken | None = None, partial: Callable[[Explanation], None] | None = None
-              ) -> Explanation:
+              unit: int | None = None, batch_size: int | None = None, incremental: bool = True,
+              tau: float | None = None, progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+              partial: Callable[[Explanation], None] | None = None) -> Explanation:
     """Slide a ``mask_size`` square with ``stride`` over ``x``; see the module doc for the three maps.
 
     Defaults: ``mask_size`` a quarter of the image side, ``stride`` half the mask, ``batch_size`` occluded
@@ -113,6 +114,11 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
     among the final ones, so streaming costs no extra forward.
     """
     batch_size = None if batch_size is None else positive_int(batch_size, "batch_size")
+    if not isinstance(incremental, bool):
+        raise TypeError(f"incremental must be True or False, got {type(incremental).__name__}.")
+    if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau <= 1):
+        raise ValueError(f"tau must be a number in (0, 1] (the largest recomputed share of each map's side) or "
+                         f"None (exact), got {tau!r}.")
     if partial is not None and not callable(partial):
         raise TypeError(f"partial must be a callable or None, got {type(partial).__name__}.")
     with look(model) as s:
@@ -142,10 +148,12 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
             totals = cap[info.name].flatten(2).sum(2)  # B×C total activation per feature map
             units = totals.argmax(1) if unit is None else torch.full((len(batch.x),), unit, device=totals.device)
             clean = _values(objective, Context(batch.x, cap.activations, logits))
-            run = _Run(s, cap, batch.x, objective, info.name, units, mask_size, mask_value, batch_size, steps, logits)
+            run = _Run(s, cap, batch.x, objective, info.name, units, mask_size, mask_value, batch_size, steps, logits,
+                       incremental, tau)
             for p in passes:
                 maps = run.maps(p)
-                params = {"mask_size": mask_size, "stride": p, "mask_value": mask_value, "unit_layer": info.name}
+                params = {"mask_size": mask_size, "stride": p, "mask_value": mask_value, "unit_layer": info.name,
+                          "inference": run.inference, "tau": tau}
                 result = explanation(s, batch, maps.pop("map"), maps.pop("raw"), method="occlusion",
                                      objective=objective, layer=info.name, params=params, logits=logits,
                                      extras=_extras(maps, units, clean), label_maps=("label_map",),
@@ -203,16 +211,33 @@ def _extras(maps: dict, units: torch.Tensor, clean: torch.Tensor) -> dict:
     return dict(maps, unit=units.cpu(), clean_value=clean.cpu())
 
 
+def _engine_factory(session: Session, layer: str, objective: Objective, tau: float | None
+                    ) -> Callable[[], Incremental] | None:
+    """Makes incremental engines for this model (one per image, made on first use), or None when the model
+    cannot be traced, the unit layer is not a node of its graph, or the target reads activations."""
+    if objective.layers or not session.is_shadow:
+        return None
+    graph = graph_of(session.net, session._shared)
+    watch = output_node_of(graph, layer) if graph is not None else None
+    if watch is None:
+        return None
+    return lambda: Incremental(session.net, graph, watch, tau)
+
+
 class _Run:
     """One occlusion computation: the occluded forwards for a stride, accumulated in bounded memory."""
 
     def __init__(self, session: Session, cap, images: torch.Tensor, objective: Objective, layer: str,
                  units: torch.Tensor, mask_size: int, mask_value: Any, batch_size: int, steps: Steps,
-                 logits: torch.Tensor):
+                 logits: torch.Tensor, incremental: bool = True, tau: float | None = None):
         self.s, self.cap, self.images, self.objective, self.layer = session, cap, images, objective, layer
         self.units, self.mask_size, self.mask_value = units, mask_size, mask_value
         self.batch_size, self.steps = batch_size, steps
         self.clean_log = _log_values(objective, Context(images, {}, logits))
+        self.make_engine = _engine_factory(session, layer, objective, tau) if incremental else None
+        self.engines: dict[int, Incremental] = {}  # per image: its clean activations
+        self.inference = "incremental" if self.make_engine is not None else "full"
+        self.checked = False
         self.done: dict[tuple[int, int], int] = {}  # mask position -> its column in ``values``
         b = len(images)
         self.values = {key: torch.zeros(b, 0, dtype=torch.float64, device=images.device)
@@ -228,15 +253,21 @@ class _Run:
         starts = torch.tensor(places, device=self.images.device)
         new = {key: [] for key in ("target", "unit", "log", "label")}
         for start in range(0, len(places), self.batch_size):
-            windows = _windows(starts[start:start + self.batch_size], self.mask_size, size)
+            chunk = starts[start:start + self.batch_size]
+            windows = _windows(chunk, self.mask_size, size)
             parts = {key: [] for key in new}
             for i, image in enumerate(self.images):
                 fill = _fill(self.mask_value, image, self.mask_size, self.s.spec.mean)
-                out = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
+                found = self._incremental(i, chunk, windows, image, fill)
+                if found is None:
+                    out = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
+                    unit_total = self.cap[self.layer][:, self.units[i]].flatten(1).double().sum(1)
+                else:
+                    out, unit_total = found
                 ctx = Context(None, self.cap.activations, out)
                 per_image = self.objective.select(i)
                 parts["target"].append(_values(per_image, ctx))
-                parts["unit"].append(self.cap[self.layer][:, self.units[i]].flatten(1).sum(1).double())
+                parts["unit"].append(unit_total)
                 parts["log"].append(_log_values(per_image, ctx) if has_log else torch.zeros_like(parts["unit"][-1]))
                 parts["label"].append(out.argmax(1))
                 self.steps.advance(len(windows))
@@ -246,6 +277,32 @@ class _Run:
         for key in new:
             self.values[key] = torch.cat([self.values[key], *new[key]], 1)
         self.done.update((p, offset + j) for j, p in enumerate(places))
+
+    def _incremental(self, i: int, chunk: torch.Tensor, windows: torch.Tensor, image: torch.Tensor,
+                     fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(logits, unit totals) of the occluded images by incremental inference, or None to run them in
+        full (no engine for this model or target, or the engine disagreed with the plain forward on the first
+        positions it ran, which switches it off for the rest of the run)."""
+        if self.make_engine is None:
+            return None
+        if i not in self.engines:
+            self.engines[i] = self.make_engine()
+            self.engines[i].clean(self.s.net_input(image[None]))
+        m = self.mask_size
+        net_fill = self.s.net_input(fill[None])[0]
+        rows = chunk[:, :1] + torch.arange(m, device=chunk.device)
+        cols = chunk[:, 1:] + torch.arange(m, device=chunk.device)
+        crops = net_fill[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
+        output, unit_total = self.engines[i].run(chunk[:, 0], chunk[:, 1], crops, int(self.units[i]))
+        out = self.s.checked_logits(output)
+        if not self.checked:  # the engine against the plain forward, on two positions, once per run
+            self.checked = True
+            n = min(2, len(chunk))
+            reference = self.s.logits(torch.where(windows[:n, None], fill[None], image[None]))
+            if not torch.allclose(out[:n], reference, rtol=1e-3, atol=1e-4 * max(1.0, float(reference.abs().max()))):
+                self.make_engine, self.engines, self.inference = None, {}, "full"
+                return None
+        return out, unit_total
 
     def maps(self, stride: int) -> dict[str, Any]:
         h, w = size = tuple(self.images.shape[-2:])

@@ -1,0 +1,432 @@
+"""Incremental inference for occlusion (Krypton: Nakandala, Kumar & Papakonstantinou, SIGMOD 2019).
+
+An occluded image differs from the clean one only under the mask, so most of every occluded forward
+recomputes activations the mask never touched. Here the clean image runs once and keeps every layer's output;
+then, for a batch of P mask positions at once, each layer recomputes only the rectangle of its output that
+the mask can change (its *projective field*), reading the unchanged values around it from the clean
+activations:
+
+- a convolution or pooling layer (``nn.Conv2d``, ``nn.MaxPool2d``, ``nn.AvgPool2d`` and their functional
+  forms) gathers, per position, the input rectangle its output rectangle reads (the clean input with the
+  layer's padding value around the map, the changed rectangle pasted in) and runs once on the P stacked
+  contexts without padding;
+- an element-wise layer (BatchNorm in eval mode, activations, dropout in eval mode, arithmetic with a
+  constant) maps the rectangle as it is; where two branches meet (``+``, ``*``, ``torch.cat`` over
+  channels) both are read over the union of their rectangles;
+- anything else (global pooling, flatten, linear, squeeze-and-excitation, attention…) switches to full
+  computation for the rest of the network: the P full activations are assembled once (clean map with the
+  rectangle pasted in) and the remaining graph runs as usual on them.
+
+The graph is the model's ``torch.fx`` trace (of the shadow, so the user's model is never traced or run).
+Rectangles are clipped to each map and given one size per layer for the whole batch (the largest of the
+positions'), shifted inside the map where needed: a larger rectangle only recomputes values that equal the
+clean ones, so the result stays exact. A model that cannot be traced, or whose incremental output does not
+match the plain forward on the first positions (data-dependent control flow that the trace froze), is run in
+full instead, automatically.
+
+``tau`` < 1 is Krypton's projective-field thresholding: each layer's rectangle is capped at ``tau`` × the
+map's side (centred on the positions' field), so values just outside it are taken from the clean image: an
+approximation whose quality the caller measures.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+_POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid,
+                      nn.Tanh, nn.GELU, nn.ELU, nn.Mish, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout2d,
+                      nn.PReLU, nn.Softplus)
+_POINTWISE_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.leaky_relu, F.hardswish,
+                        F.hardsigmoid, F.silu, F.gelu, F.elu, F.mish, F.hardtanh, F.dropout, torch.sigmoid,
+                        torch.tanh, F.sigmoid, F.tanh, torch.nn.functional.softplus}
+_POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone"}
+_BINARY_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+                     operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div}
+_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared net -> fx.Graph or the trace error
+
+
+@dataclass
+class Region:
+    """A layer's output for P positions: the clean map except inside one rectangle per position.
+
+    ``data`` holds the rectangles (P×C×h×w); ``y``/``x`` their top-left corners in the map (P each);
+    ``clean`` the clean output (1×C×H×W).
+    """
+
+    data: torch.Tensor
+    y: torch.Tensor
+    x: torch.Tensor
+    clean: torch.Tensor
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.data.shape[-2], self.data.shape[-1]
+
+
+@dataclass
+class Full:
+    """A layer's output computed in full for the P positions (after a layer with global context)."""
+
+    data: Any
+
+
+def graph_of(net: nn.Module, shared: nn.Module) -> fx.Graph | None:
+    """The fx graph of ``net`` (cached with ``shared``, the module the session keeps caches with), or None
+    when it cannot be traced."""
+    cached = _GRAPHS.get(shared)
+    if cached is None:
+        try:
+            cached = fx.symbolic_trace(net).graph
+        except Exception as error:  # noqa: BLE001 - any trace failure means: run in full
+            cached = error
+        _GRAPHS[shared] = cached
+    return cached if isinstance(cached, fx.Graph) else None
+
+
+def output_node_of(graph: fx.Graph, layer: str) -> fx.Node | None:
+    """The node whose value is the output of module ``layer``: its call, or the last node run inside it."""
+    found = None
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target == layer:
+            found = node
+        elif node.op not in ("placeholder", "output", "get_attr") and layer in node.meta.get("nn_module_stack", {}):
+            found = node
+    return found
+
+
+def _span(lo: torch.Tensor, hi: torch.Tensor, length: int, cap: int | None) -> tuple[torch.Tensor, int]:
+    """One rectangle side for every position: the smallest common length covering [lo, hi] (clipped to the
+    map), shifted inside the map; with ``cap``, at most that long, centred on the positions' spans."""
+    lo, hi = lo.clamp(0, length - 1), hi.clamp(0, length - 1)
+    size = int((hi - lo + 1).clamp(min=1).max())
+    if cap is not None and size > cap:
+        centre = (lo + hi) // 2
+        lo, size = centre - cap // 2, cap
+    start = lo.clamp(min=0).clamp(max=length - size)
+    return start, size
+
+
+def _window_geometry(node: fx.Node, module: nn.Module | None) -> tuple[str, dict] | None:
+    """(kind, parameters) of a sliding-window layer this module can compute on crops, else None."""
+    def pair(v: Any) -> tuple[int, int]:
+        return (v, v) if isinstance(v, int) else tuple(v)
+
+    if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
+        padding = module.padding
+        if isinstance(padding, str):
+            if padding == "valid":
+                padding = (0, 0)
+            else:  # "same": torch pads (total // 2) before; odd totals are asymmetric, which crops cannot match
+                totals = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+                if any(t % 2 for t in totals):
+                    return None
+                padding = tuple(t // 2 for t in totals)
+        return "conv", {"kernel": pair(module.kernel_size), "stride": pair(module.stride), "padding": pair(padding),
+                        "dilation": pair(module.dilation), "module": module}
+    if isinstance(module, nn.MaxPool2d) and not module.return_indices:
+        stride = module.stride if module.stride is not None else module.kernel_size
+        return "max", {"kernel": pair(module.kernel_size), "stride": pair(stride), "padding": pair(module.padding),
+                       "dilation": pair(module.dilation)}
+    if (isinstance(module, nn.AvgPool2d) and module.count_include_pad and not module.ceil_mode
+            and module.divisor_override is None):
+        stride = module.stride if module.stride is not None else module.kernel_size
+        return "avg", {"kernel": pair(module.kernel_size), "stride": pair(stride), "padding": pair(module.padding),
+                       "dilation": (1, 1)}
+    return None
+
+
+class Incremental:
+    """Runs a traced network on P occluded copies of one image, recomputing only what the mask changes.
+
+    ``clean(image)`` runs the clean image once; ``run(starts, fill_crops)`` then gives the logits (and the
+    per-position total of ``unit`` in the watched layer) for a batch of mask positions.
+    """
+
+    def __init__(self, net: nn.Module, graph: fx.Graph, watch: fx.Node | None, tau: float | None = None):
+        self.net, self.graph, self.watch, self.tau = net, graph, watch, tau
+        self.nodes = list(graph.nodes)
+        self.modules = dict(net.named_modules())
+        self.clean_values: dict[fx.Node, Any] = {}
+        self._padded: dict[tuple, torch.Tensor] = {}
+
+    # --- the clean run -------------------------------------------------------------------------------
+
+    def clean(self, x: torch.Tensor) -> Any:
+        """Run the clean image ``x`` (1×C×H×W) and keep every node's output (copied: later in-place
+        operations must not change what later reads take as clean)."""
+        env: dict[fx.Node, Any] = {}
+        self.clean_values = {}
+        self._padded = {}
+        for node in self.nodes:
+            if node.op == "placeholder":
+                value = x
+            elif node.op == "output":
+                return fx.node.map_arg(node.args[0], lambda n: env[n])
+            else:
+                value = self._call(node, fx.node.map_arg(node.args, lambda n: env[n]),
+                                   fx.node.map_arg(node.kwargs, lambda n: env[n]))
+            env[node] = value
+            self.clean_values[node] = value.clone() if isinstance(value, torch.Tensor) else value
+        raise RuntimeError("the traced graph has no output")
+
+    def _call(self, node: fx.Node, args: Any, kwargs: Any) -> Any:
+        if node.op == "get_attr":
+            value = self.net
+            for part in node.target.split("."):
+                value = getattr(value, part)
+            return value
+        if node.op == "call_module":
+            return self.modules[node.target](*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        return node.target(*args, **kwargs)
+
+    # --- the occluded batch --------------------------------------------------------------------------
+
+    def run(self, y: torch.Tensor, x: torch.Tensor, crops: torch.Tensor, unit: int | None
+            ) -> tuple[Any, torch.Tensor | None]:
+        """The network's output for P occluded images: the clean image with ``crops`` (P×C×m×m, already in
+        the network's input space) at rows ``y`` and columns ``x`` (P each); and the watched layer's total
+        of channel ``unit`` per position (float64), when a unit is asked for."""
+        env: dict[fx.Node, Any] = {}
+        total = None
+        for node in self.nodes:
+            if node.op == "placeholder":
+                value: Any = Region(crops, y, x, self.clean_values[node])
+            elif node.op == "output":
+                out = fx.node.map_arg(node.args[0], lambda n: _materialized(env[n]))
+                return out, total
+            else:
+                value = self._step(node, env)
+            env[node] = value
+            if node is self.watch and unit is not None:
+                total = _unit_total(value, unit, len(y))
+        raise RuntimeError("the traced graph has no output")
+
+    def _step(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
+        inputs = [n for n in node.all_input_nodes if isinstance(env[n], (Region, Full))]
+        shape = _shape_query(node, env)
+        if shape is not None:
+            return shape
+        if not inputs:
+            return self.clean_values[node] if node in self.clean_values else self._call(
+                node, fx.node.map_arg(node.args, lambda n: env[n]), fx.node.map_arg(node.kwargs, lambda n: env[n]))
+        module = self.modules.get(node.target) if node.op == "call_module" else None
+        if all(isinstance(env[n], Region) for n in inputs):
+            done = self._local(node, module, env, inputs)
+            if done is not None:
+                return done
+        args = fx.node.map_arg(node.args, lambda n: _materialized(env[n]))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: _materialized(env[n]))
+        return Full(self._call(node, args, kwargs))
+
+    def _local(self, node: fx.Node, module: nn.Module | None, env: dict, inputs: list[fx.Node]) -> Region | None:
+        """The node computed on rectangles, or None when it needs the full maps."""
+        geometry = _window_geometry(node, module) if len(inputs) == 1 and len(node.args) == 1 and not node.kwargs \
+            else None
+        if geometry is not None:
+            return self._window(node, env[inputs[0]], *geometry)
+        if len(inputs) == 1 and _is_pointwise(node, module) and node.args and node.args[0] is inputs[0]:
+            region: Region = env[inputs[0]]
+            data = region.data.clone() if len(inputs[0].users) > 1 else region.data
+            args = (data, *fx.node.map_arg(node.args[1:], lambda n: env[n]))
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+            return Region(self._call(node, args, kwargs), region.y, region.x, self.clean_values[node])
+        if _is_binary(node) and len(node.args) == 2 and not node.kwargs:
+            return self._binary(node, env)
+        if node.op == "call_function" and node.target is torch.cat:
+            return self._cat(node, env)
+        return None
+
+    def _window(self, node: fx.Node, region: Region, kind: str, g: dict) -> Region:
+        clean_out = self.clean_values[node]
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g["kernel"], g["stride"], g["padding"], g["dilation"]
+        h, w = region.size
+        sides = []
+        for lo, size, k, s, p, d, length in ((region.y, h, kh, sh, ph, dh, clean_out.shape[-2]),
+                                              (region.x, w, kw, sw, pw, dw, clean_out.shape[-1])):
+            first = torch.div(lo + p - (k - 1) * d + s - 1, s, rounding_mode="floor")
+            last = torch.div(lo + size - 1 + p, s, rounding_mode="floor")
+            sides.append(_span(first, last, length, self._cap(length)))
+        (oy, oh), (ox, ow) = sides
+        if kind == "conv" and (kh, kw) == (1, 1) and (ph, pw) == (0, 0) and g["module"].groups == 1:
+            context = _read(region, oy * sh, ox * sw, (oh - 1) * sh + 1, (ow - 1) * sw + 1, 0.0, self._padded,
+                            node)[:, :, ::sh, ::sw]
+            return Region(_pointwise_conv(context, g["module"], tuple(clean_out.shape[-2:])), oy, ox, clean_out)
+        context = _read(region, oy * sh - ph, ox * sw - pw, (oh - 1) * sh + (kh - 1) * dh + 1,
+                        (ow - 1) * sw + (kw - 1) * dw + 1, -math.inf if kind == "max" else 0.0, self._padded, node)
+        if kind == "conv":
+            m = g["module"]
+            out = F.conv2d(context, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
+        elif kind == "max":
+            out = F.max_pool2d(context, g["kernel"], g["stride"], 0, g["dilation"])
+        else:
+            out = F.avg_pool2d(context, g["kernel"], g["stride"], 0)
+        return Region(out, oy, ox, clean_out)
+
+    def _binary(self, node: fx.Node, env: dict) -> Region | None:
+        a, b = (env[v] if isinstance(v, fx.Node) else v for v in node.args)
+        regions = [v for v in (a, b) if isinstance(v, Region)]
+        for other in (a, b):
+            if isinstance(other, torch.Tensor) and other.dim() >= 2 and tuple(other.shape[-2:]) != (1, 1):
+                return None  # a constant that varies over the map would have to be cropped too
+        y, x, h, w = self._union(regions)
+        args = [_read(v, y, x, h, w, None, self._padded, node) if isinstance(v, Region) else v for v in (a, b)]
+        if node.op == "call_method":
+            value = getattr(args[0], node.target.rstrip("_"))(args[1])
+        else:
+            value = _OUT_OF_PLACE.get(node.target, node.target)(*args)
+        return Region(value, y, x, self.clean_values[node])
+
+    def _cat(self, node: fx.Node, env: dict) -> Region | None:
+        tensors = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if not isinstance(tensors, (list, tuple)) or dim not in (1, -3) or set(node.kwargs) - {"dim"}:
+            return None
+        values = [env[t] if isinstance(t, fx.Node) else t for t in tensors]
+        if not all(isinstance(v, Region) for v in values):
+            return None
+        y, x, h, w = self._union(values)
+        parts = [_read(v, y, x, h, w, None, self._padded, node) for v in values]
+        return Region(torch.cat(parts, 1), y, x, self.clean_values[node])
+
+    def _union(self, regions: list[Region]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        height, width = regions[0].clean.shape[-2:]
+        ys = _span(torch.stack([r.y for r in regions]).min(0).values,
+                   torch.stack([r.y + r.size[0] - 1 for r in regions]).max(0).values, height, self._cap(height))
+        xs = _span(torch.stack([r.x for r in regions]).min(0).values,
+                   torch.stack([r.x + r.size[1] - 1 for r in regions]).max(0).values, width, self._cap(width))
+        return ys[0], xs[0], ys[1], xs[1]
+
+    def _cap(self, length: int) -> int | None:
+        return None if self.tau is None or self.tau >= 1 else max(1, math.ceil(self.tau * length))
+
+
+_OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                 operator.itruediv: operator.truediv}
+
+
+def _is_pointwise(node: fx.Node, module: nn.Module | None) -> bool:
+    if node.op == "call_module":
+        if isinstance(module, nn.BatchNorm2d):
+            return not module.training and module.running_mean is not None
+        return isinstance(module, _POINTWISE_MODULES)
+    if node.op == "call_function":
+        return node.target in _POINTWISE_FUNCTIONS and not (node.target is F.dropout and node.kwargs.get(
+            "training", len(node.args) > 2 and node.args[2]))
+    return node.op == "call_method" and node.target in _POINTWISE_METHODS
+
+
+def _shape_query(node: fx.Node, env: dict) -> Any:
+    """``x.size(...)``, ``x.dim()`` or ``x.shape`` of a Region, answered from its clean map (batch P), so a
+    shape query does not force full maps; None for any other node."""
+    if not node.args or not isinstance(node.args[0], fx.Node) or not isinstance(env[node.args[0]], Region):
+        return None
+    region: Region = env[node.args[0]]
+    shape = torch.Size((len(region.y), *region.clean.shape[1:]))
+    if node.op == "call_method" and node.target == "size" and not node.kwargs:
+        return shape if len(node.args) == 1 else shape[node.args[1]]
+    if node.op == "call_method" and node.target == "dim":
+        return len(shape)
+    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
+        return shape
+    return None
+
+
+def _is_binary(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _BINARY_FUNCTIONS) or (
+        node.op == "call_method" and node.target in _BINARY_METHODS)
+
+
+def _read(value: Region, y: torch.Tensor, x: torch.Tensor, h: int, w: int, pad: float | None,
+          cache: dict, node: fx.Node) -> torch.Tensor:
+    """P×C×h×w: the rectangles at rows ``y``, columns ``x`` of ``value``'s map (clean values with its own
+    rectangles pasted in; ``pad`` around the map, where a window reaches beyond it)."""
+    if value.size == (h, w) and torch.equal(value.y, y) and torch.equal(value.x, x):
+        return value.data
+    clean = value.clean[0]
+    height, width = clean.shape[-2:]
+    top, left = max(0, -int(y.min())), max(0, -int(x.min()))
+    bottom, right = max(0, int(y.max()) + h - height), max(0, int(x.max()) + w - width)
+    key = (id(value.clean), top, bottom, left, right, pad)
+    source = cache.get(key)
+    if source is None:  # the clean map with the padding value around it
+        source = F.pad(clean, (left, right, top, bottom), value=pad or 0.0) if (top or bottom or left or right) \
+            else clean
+        cache[key] = source
+    count, channels = len(y), clean.shape[0]
+    full_width = source.shape[-1]
+    rows = (y + top)[:, None] + torch.arange(h, device=y.device)  # P×h, in the padded map
+    cols = (x + left)[:, None] + torch.arange(w, device=x.device)
+    index = (rows[:, :, None] * full_width + cols[:, None, :]).view(count, 1, h * w)
+    out = torch.gather(source.reshape(1, channels, -1).expand(count, -1, -1), 2,
+                       index.expand(-1, channels, -1))  # P×C×(h·w), contiguous: the plain forward's layout
+    # paste the value's own rectangles: their positions inside the requested ones, where they fall inside
+    rh, rw = value.size
+    in_rows = (value.y - y)[:, None] + torch.arange(rh, device=y.device)  # P×rh
+    in_cols = (value.x - x)[:, None] + torch.arange(rw, device=x.device)
+    inside = ((in_rows >= 0) & (in_rows < h))[:, :, None] & ((in_cols >= 0) & (in_cols < w))[:, None, :]
+    targets = (in_rows.clamp(0, h - 1)[:, :, None] * w + in_cols.clamp(0, w - 1)[:, None, :]).view(count, 1, -1)
+    if bool(inside.all()):
+        out.scatter_(2, targets.expand(-1, channels, -1), value.data.reshape(count, channels, -1))
+    else:
+        keep = inside.view(count, -1)
+        p, j = keep.nonzero(as_tuple=True)
+        flat = out.view(count, channels, -1)
+        flat[p, :, targets.view(count, -1)[p, j]] = value.data.reshape(count, channels, -1)[p, :, j]
+    # the plain forward's layout, so each convolution sums in the same order as there (a channels-last
+    # convolution sums differently, off by float32 rounding)
+    return out.view(count, channels, h, w)
+
+
+def _pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, shape: tuple[int, int]) -> torch.Tensor:
+    """A 1×1 convolution of ``x`` (P×C×h×w) computed on pixels packed into maps of the layer's own output
+    ``shape``: oneDNN picks its kernel, and so its order of summation, by the map's size, so packing makes
+    every pixel come out bitwise as in the plain forward (a crop of another size can differ in the last
+    bits)."""
+    count, channels, h, w = x.shape
+    pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)
+    per_map = shape[0] * shape[1]
+    maps = -(-len(pixels) // per_map)
+    packed = x.new_zeros(maps * per_map, channels)
+    packed[:len(pixels)] = pixels
+    packed = packed.view(maps, shape[0], shape[1], channels).permute(0, 3, 1, 2).contiguous()
+    out = F.conv2d(packed, conv.weight, conv.bias)
+    out = out.permute(0, 2, 3, 1).reshape(-1, out.shape[1])[:len(pixels)]
+    return out.view(count, h, w, -1).permute(0, 3, 1, 2).contiguous()
+
+
+def _materialized(value: Any) -> Any:
+    """A Region as its P full maps; other values as they are."""
+    if isinstance(value, Full):
+        return value.data
+    if not isinstance(value, Region):
+        return value
+    height, width = value.clean.shape[-2:]
+    zeros = torch.zeros_like(value.y)
+    return _read(value, zeros, zeros, height, width, None, {}, None)
+
+
+def _unit_total(value: Any, unit: int, count: int) -> torch.Tensor:
+    """Per position, the sum of channel ``unit`` over the map, in float64 (the clean total, corrected by the
+    rectangle where the position changed it)."""
+    if isinstance(value, Full):
+        return value.data[:, unit].flatten(1).double().sum(1)
+    if isinstance(value, Region):
+        h, w = value.size
+        clean = value.clean[0, unit].double()
+        rows = value.y[:, None] + torch.arange(h, device=value.y.device)
+        cols = value.x[:, None] + torch.arange(w, device=value.x.device)
+        inside = clean[rows[:, :, None], cols[:, None, :]].flatten(1).sum(1)
+        return clean.sum() - inside + value.data[:, unit].double().flatten(1).sum(1)
+    return value[0, unit].double().sum().expand(count)
