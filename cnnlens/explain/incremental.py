@@ -395,15 +395,17 @@ def _pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, shape: tuple[int, int]) ->
     every pixel come out bitwise as in the plain forward (a crop of another size can differ in the last
     bits)."""
     count, channels, h, w = x.shape
-    pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)
+    if (h, w) == shape:  # whole maps already
+        return F.conv2d(x, conv.weight, conv.bias)
+    pixels = count * h * w
     per_map = shape[0] * shape[1]
-    maps = -(-len(pixels) // per_map)
-    packed = x.new_zeros(maps * per_map, channels)
-    packed[:len(pixels)] = pixels
-    packed = packed.view(maps, shape[0], shape[1], channels).permute(0, 3, 1, 2).contiguous()
-    out = F.conv2d(packed, conv.weight, conv.bias)
-    out = out.permute(0, 2, 3, 1).reshape(-1, out.shape[1])[:len(pixels)]
-    return out.view(count, h, w, -1).permute(0, 3, 1, 2).contiguous()
+    maps = -(-pixels // per_map)
+    packed = x.new_empty(channels, maps * per_map)  # channel-major: each channel's pixels in a row
+    packed[:, :pixels].view(channels, count, h, w).copy_(x.transpose(0, 1))
+    packed[:, pixels:] = 0
+    out = F.conv2d(packed.view(channels, maps, *shape).transpose(0, 1).contiguous(), conv.weight, conv.bias)
+    out = out.transpose(0, 1).reshape(out.shape[1], -1)[:, :pixels]
+    return out.reshape(-1, count, h, w).transpose(0, 1).contiguous()
 
 
 def _materialized(value: Any) -> Any:

@@ -34,6 +34,7 @@ The per-position grids are in ``raw`` (target), ``unit_grid`` and ``label_grid``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,7 @@ from ._common import explanation, objective_for, positive_int
 from .incremental import Incremental, graph_of, output_node_of
 
 MASK_VALUES = ("gray", "mean", "zero", "blur")
+_CHECKED = 8  # occluded images run in full once per run, to check the incremental engine and time it
 
 
 def positions(length: int, mask_size: int, stride: int) -> list[int]:
@@ -258,12 +260,7 @@ class _Run:
             parts = {key: [] for key in new}
             for i, image in enumerate(self.images):
                 fill = _fill(self.mask_value, image, self.mask_size, self.s.spec.mean)
-                found = self._incremental(i, chunk, windows, image, fill)
-                if found is None:
-                    out = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
-                    unit_total = self.cap[self.layer][:, self.units[i]].flatten(1).double().sum(1)
-                else:
-                    out, unit_total = found
+                out, unit_total = self._forward(i, chunk, windows, image, fill)
                 ctx = Context(None, self.cap.activations, out)
                 per_image = self.objective.select(i)
                 parts["target"].append(_values(per_image, ctx))
@@ -278,11 +275,10 @@ class _Run:
             self.values[key] = torch.cat([self.values[key], *new[key]], 1)
         self.done.update((p, offset + j) for j, p in enumerate(places))
 
-    def _incremental(self, i: int, chunk: torch.Tensor, windows: torch.Tensor, image: torch.Tensor,
-                     fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _incremental(self, i: int, chunk: torch.Tensor, image: torch.Tensor, fill: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(logits, unit totals) of the occluded images by incremental inference, or None to run them in
-        full (no engine for this model or target, or the engine disagreed with the plain forward on the first
-        positions it ran, which switches it off for the rest of the run)."""
+        full (no engine for this model or target)."""
         if self.make_engine is None:
             return None
         if i not in self.engines:
@@ -294,15 +290,35 @@ class _Run:
         cols = chunk[:, 1:] + torch.arange(m, device=chunk.device)
         crops = net_fill[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
         output, unit_total = self.engines[i].run(chunk[:, 0], chunk[:, 1], crops, int(self.units[i]))
-        out = self.s.checked_logits(output)
-        if not self.checked:  # the engine against the plain forward, on two positions, once per run
-            self.checked = True
-            n = min(2, len(chunk))
-            reference = self.s.logits(torch.where(windows[:n, None], fill[None], image[None]))
-            if not torch.allclose(out[:n], reference, rtol=1e-3, atol=1e-4 * max(1.0, float(reference.abs().max()))):
-                self.make_engine, self.engines, self.inference = None, {}, "full"
-                return None
-        return out, unit_total
+        return self.s.checked_logits(output), unit_total
+
+    def _forward(self, i: int, chunk: torch.Tensor, windows: torch.Tensor, image: torch.Tensor,
+                 fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, unit totals) of image ``i`` occluded at the ``chunk`` positions: incremental when the
+        engine applies. Its first batch is also run in full, once per run, as a check: the engine must agree
+        with the plain forward (else the trace missed something, such as data-dependent control flow) and be
+        faster (else this model gains nothing: dense connections, early global context); if not, the rest
+        runs in full."""
+        start = time.perf_counter()
+        found = self._incremental(i, chunk, image, fill)
+        incremental_seconds = time.perf_counter() - start
+        if found is None:
+            out = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
+            return out, self.cap[self.layer][:, self.units[i]].flatten(1).double().sum(1)
+        if self.checked:
+            return found
+        self.checked = True
+        n = min(len(chunk), _CHECKED)
+        start = time.perf_counter()
+        out = self.s.logits(torch.where(windows[:n, None], fill[None], image[None]))
+        full_seconds = (time.perf_counter() - start) * len(chunk) / n
+        agree = torch.allclose(found[0][:n], out, rtol=1e-3, atol=1e-4 * max(1.0, float(out.abs().max())))
+        if agree and incremental_seconds <= full_seconds:
+            return found
+        self.make_engine, self.engines = None, {}
+        self.inference = "full" if agree else "full (the incremental engine disagreed)"
+        out = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
+        return out, self.cap[self.layer][:, self.units[i]].flatten(1).double().sum(1)
 
     def maps(self, stride: int) -> dict[str, Any]:
         h, w = size = tuple(self.images.shape[-2:])
