@@ -105,7 +105,7 @@ def _checked(mask_size: int | None, stride: int | None, mask_value: Any, size: t
 @redone_when_weights_move
 def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: int | None = None,
               stride: int | None = None, mask_value: Any = "gray", layer: Any = None,
-              unit: int | None = None, batch_size: int | None = None, incremental: bool = True,
+              unit: int | None = None, batch_size: int | None = None, incremental: bool | str = "auto",
               tau: float | None = None, progress: ProgressFn | None = None, cancel: CancelToken | None = None,
               partial: Callable[[Explanation], None] | None = None) -> Explanation:
     """Slide a ``mask_size`` square with ``stride`` over ``x``; see the module doc for the three maps.
@@ -116,8 +116,8 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
     among the final ones, so streaming costs no extra forward.
     """
     batch_size = None if batch_size is None else positive_int(batch_size, "batch_size")
-    if not isinstance(incremental, bool):
-        raise TypeError(f"incremental must be True or False, got {type(incremental).__name__}.")
+    if incremental not in (True, False, "auto"):
+        raise ValueError(f"incremental must be 'auto', True or False, got {incremental!r}.")
     if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau <= 1):
         raise ValueError(f"tau must be a number in (0, 1] (the largest recomputed share of each map's side) or "
                          f"None (exact), got {tau!r}.")
@@ -231,12 +231,13 @@ class _Run:
 
     def __init__(self, session: Session, cap, images: torch.Tensor, objective: Objective, layer: str,
                  units: torch.Tensor, mask_size: int, mask_value: Any, batch_size: int, steps: Steps,
-                 logits: torch.Tensor, incremental: bool = True, tau: float | None = None):
+                 logits: torch.Tensor, incremental: bool | str = "auto", tau: float | None = None):
         self.s, self.cap, self.images, self.objective, self.layer = session, cap, images, objective, layer
         self.units, self.mask_size, self.mask_value = units, mask_size, mask_value
         self.batch_size, self.steps = batch_size, steps
         self.clean_log = _log_values(objective, Context(images, {}, logits))
         self.make_engine = _engine_factory(session, layer, objective, tau) if incremental else None
+        self.forced = incremental is True  # "auto" keeps the engine only where it is faster
         self.engines: dict[int, Incremental] = {}  # per image: its clean activations
         self.inference = "incremental" if self.make_engine is not None else "full"
         self.checked = False
@@ -313,7 +314,7 @@ class _Run:
         out = self.s.logits(torch.where(windows[:n, None], fill[None], image[None]))
         full_seconds = (time.perf_counter() - start) * len(chunk) / n
         agree = torch.allclose(found[0][:n], out, rtol=1e-3, atol=1e-4 * max(1.0, float(out.abs().max())))
-        if agree and incremental_seconds <= full_seconds:
+        if agree and (self.forced or incremental_seconds <= full_seconds):
             return found
         self.make_engine, self.engines = None, {}
         self.inference = "full" if agree else "full (the incremental engine disagreed)"

@@ -1,0 +1,122 @@
+"""Occlusion by incremental inference (issue 9): the same maps as full re-inference, on any traceable model,
+with a safe fall-back; and the approximate modes with their measured quality."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import cnnlens as cl
+from cnnlens.explain import incremental as engine_module
+
+from .conftest import random_model
+
+MAPS = ("unit_map", "drop_map", "log_map", "mean_map")
+
+
+def _assert_same_maps(fast, full, tolerance: float = 1e-5) -> None:
+    """Every continuous map within ``tolerance`` × its range (issue 9's bar), the label maps equal."""
+    pairs = [("map", fast.map, full.map)] + [(k, fast.extras[k], full.extras[k]) for k in MAPS if k in full.extras]
+    for key, a, b in pairs:
+        a, b = a.double(), b.double()
+        span = b.amax((-2, -1)) - b.amin((-2, -1))
+        difference = (a - b).abs().amax((-2, -1))
+        error = float(torch.where(span > 0, difference / span, difference * math.inf).nan_to_num(0.0).max())
+        assert error <= tolerance, (key, error)
+    assert torch.equal(fast.extras["label_map"], full.extras["label_map"])
+    assert torch.equal(fast.extras["label_grid"], full.extras["label_grid"])
+
+
+@pytest.mark.parametrize(("mask_size", "stride", "mask_value"),
+                         [(16, 2, "gray"), (13, 5, "blur"), (8, 8, "mean"), (21, 6, 0.3), (48, 1, "zero")])
+def test_the_default_model_gives_the_full_maps(default, mask_size, stride, mask_value):
+    model, data = default
+    images = data.images[:2]
+    fast = cl.occlusion(model, images, data.labels[:2].tolist(), mask_size=mask_size, stride=stride,
+                        mask_value=mask_value, incremental=True)
+    full = cl.occlusion(model, images, data.labels[:2].tolist(), mask_size=mask_size, stride=stride,
+                        mask_value=mask_value, incremental=False)
+    assert fast.params["inference"] == "incremental" and full.params["inference"] == "full"
+    _assert_same_maps(fast, full)
+
+
+def test_a_mask_over_the_whole_image_is_one_position(default):
+    model, data = default
+    fast = cl.occlusion(model, data.images[0], 2, mask_size=64, incremental=True)
+    full = cl.occlusion(model, data.images[0], 2, mask_size=64, incremental=False)
+    assert fast.params["inference"] == "incremental" and fast.raw.numel() == 1
+    torch.testing.assert_close(fast.map, full.map, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg16", "alexnet", "mobilenet_v3_small", "densenet121"])
+def test_torchvision_architectures_at_224_give_the_full_maps(name):
+    """Residual adds, strided 1×1 shortcuts, max/avg pooling, squeeze-and-excitation (global context inside the
+    network), dense concatenation: each at 224 px, bitwise or within float32 rounding of the plain forward."""
+    model = random_model(name)
+    x = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(1))
+    fast = cl.occlusion(model, x, 3, mask_size=16, stride=52, incremental=True)
+    full = cl.occlusion(model, x, 3, mask_size=16, stride=52, incremental=False)
+    assert fast.params["inference"] == "incremental"
+    _assert_same_maps(fast, full)
+
+
+def test_an_untraceable_model_runs_in_full():
+    class Branchy(torch.nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.head = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            if y.mean() > 0:
+                y = y.relu()
+            return self.head(y.mean((2, 3)))
+
+    model = Branchy().eval()
+    x = torch.rand(3, 32, 32)
+    result = cl.occlusion(model, x, 0, mask_size=8, stride=4)
+    assert result.params["inference"] == "full"
+    torch.testing.assert_close(result.map, cl.occlusion(model, x, 0, mask_size=8, stride=4, incremental=False).map)
+
+
+def test_an_engine_that_disagrees_with_the_plain_forward_hands_over_to_it(default, monkeypatch):
+    """A trace can freeze behaviour it cannot see (state read at trace time): the first batch's check catches a
+    wrong engine, and the whole map is the plain forward's."""
+    model, data = default
+    run = engine_module.Incremental.run
+
+    def wrong(self, *args, **kwargs):
+        out, total = run(self, *args, **kwargs)
+        return out + 0.5, total
+
+    monkeypatch.setattr(engine_module.Incremental, "run", wrong)
+    result = cl.occlusion(model, data.images[0], 1, mask_size=16, stride=8, incremental=True)
+    assert result.params["inference"] == "full (the incremental engine disagreed)"
+    monkeypatch.undo()
+    torch.testing.assert_close(result.map, cl.occlusion(model, data.images[0], 1, mask_size=16, stride=8,
+                                                        incremental=False).map)
+
+
+def test_an_activation_target_runs_in_full_and_bad_settings_name_themselves(default):
+    model, data = default
+    result = cl.occlusion(model, data.images[0], "stage3:5", mask_size=16, stride=16)
+    assert result.params["inference"] == "full"
+    with pytest.raises(ValueError, match="incremental"):
+        cl.occlusion(model, data.images[0], incremental="sometimes")
+    with pytest.raises(ValueError, match="tau"):
+        cl.occlusion(model, data.images[0], tau=1.5)
+
+
+def test_tau_caps_the_recomputed_field_and_one_is_exact(default):
+    model, data = default
+    x = data.images[4]
+    exact = cl.occlusion(model, x, int(data.labels[4]), mask_size=12, stride=4, incremental=True)
+    whole = cl.occlusion(model, x, int(data.labels[4]), mask_size=12, stride=4, tau=1.0)
+    _assert_same_maps(whole, exact)
+    capped = cl.occlusion(model, x, int(data.labels[4]), mask_size=12, stride=4, tau=0.3)
+    assert not torch.equal(capped.map, exact.map)  # an approximation: values outside the cap stay clean
+    drop, approx = exact.extras["drop_map"], capped.extras["drop_map"]
+    assert torch.corrcoef(torch.stack([drop.flatten(), approx.flatten()]))[0, 1] > 0.8
