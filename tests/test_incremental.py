@@ -120,3 +120,20 @@ def test_tau_caps_the_recomputed_field_and_one_is_exact(default):
     assert not torch.equal(capped.map, exact.map)  # an approximation: values outside the cap stay clean
     drop, approx = exact.extras["drop_map"], capped.extras["drop_map"]
     assert torch.corrcoef(torch.stack([drop.flatten(), approx.flatten()]))[0, 1] > 0.8
+
+
+def test_quality_picks_a_cap_from_a_calibration_on_this_image(default):
+    """``quality`` asks for an SSIM against the exact map: the calibration (exact and capped maps on a coarse
+    grid of the same image) picks the cheapest cap that reaches it and reports what it measured."""
+    model, data = default
+    x, label = data.images[5], int(data.labels[5])
+    exact = cl.occlusion(model, x, label, mask_size=16, stride=2)
+    fast = cl.occlusion(model, x, label, mask_size=16, stride=2, quality=0.9)
+    assert fast.params["tau"] is not None and fast.params["ssim"] >= 0.9
+    assert fast.params["calibration_stride"] % 2 == 0 and fast.params["calibration_stride"] > 2
+    from cnnlens.explain.occlusion import _grid_ssim
+    assert _grid_ssim(fast.raw[0].numpy(), exact.raw[0].numpy()) >= 0.85  # on the fine grid too, near the ask
+    strict = cl.occlusion(model, x, label, mask_size=16, stride=2, quality=0.999)
+    assert strict.params["tau"] is None or strict.params["ssim"] >= 0.999
+    with pytest.raises(ValueError, match="quality"):
+        cl.occlusion(model, x, quality=1.5)

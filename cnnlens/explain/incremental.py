@@ -379,11 +379,12 @@ def _read(value: Region, y: torch.Tensor, x: torch.Tensor, h: int, w: int, pad: 
     targets = (in_rows.clamp(0, h - 1)[:, :, None] * w + in_cols.clamp(0, w - 1)[:, None, :]).view(count, 1, -1)
     if bool(inside.all()):
         out.scatter_(2, targets.expand(-1, channels, -1), value.data.reshape(count, channels, -1))
-    else:
-        keep = inside.view(count, -1)
-        p, j = keep.nonzero(as_tuple=True)
-        flat = out.view(count, channels, -1)
-        flat[p, :, targets.view(count, -1)[p, j]] = value.data.reshape(count, channels, -1)[p, :, j]
+    else:  # only the parts inside: flat indices into the output, one per (part, channel)
+        p, j = inside.view(count, -1).nonzero(as_tuple=True)
+        where = (p * channels * h * w + targets.view(count, -1)[p, j])[:, None] \
+            + torch.arange(channels, device=y.device) * (h * w)
+        values = value.data.reshape(count, channels, -1).transpose(1, 2)[p, j]  # parts × C
+        out.view(-1).index_put_((where.flatten(),), values.flatten())
     # the plain forward's layout, so each convolution sums in the same order as there (a channels-last
     # convolution sums differently, off by float32 rounding)
     return out.view(count, channels, h, w)

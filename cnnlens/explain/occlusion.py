@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from skimage.metrics import structural_similarity
 
 from ..core.hooks import capture
 from ..core.images import gaussian_blur
@@ -106,8 +107,9 @@ def _checked(mask_size: int | None, stride: int | None, mask_value: Any, size: t
 def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: int | None = None,
               stride: int | None = None, mask_value: Any = "gray", layer: Any = None,
               unit: int | None = None, batch_size: int | None = None, incremental: bool | str = "auto",
-              tau: float | None = None, progress: ProgressFn | None = None, cancel: CancelToken | None = None,
-              partial: Callable[[Explanation], None] | None = None) -> Explanation:
+              tau: float | None = None, quality: float | None = None, progress: ProgressFn | None = None,
+              cancel: CancelToken | None = None, partial: Callable[[Explanation], None] | None = None
+              ) -> Explanation:
     """Slide a ``mask_size`` square with ``stride`` over ``x``; see the module doc for the three maps.
 
     Defaults: ``mask_size`` a quarter of the image side, ``stride`` half the mask, ``batch_size`` occluded
@@ -121,6 +123,10 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
     if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau <= 1):
         raise ValueError(f"tau must be a number in (0, 1] (the largest recomputed share of each map's side) or "
                          f"None (exact), got {tau!r}.")
+    if quality is not None and (isinstance(quality, bool) or not isinstance(quality, (int, float))
+                                or not 0 < quality < 1):
+        raise ValueError(f"quality must be a number in (0, 1) (the SSIM to reach against the exact map) or None "
+                         f"(exact), got {quality!r}.")
     if partial is not None and not callable(partial):
         raise TypeError(f"partial must be a callable or None, got {type(partial).__name__}.")
     with look(model) as s:
@@ -150,12 +156,20 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
             totals = cap[info.name].flatten(2).sum(2)  # B×C total activation per feature map
             units = totals.argmax(1) if unit is None else torch.full((len(batch.x),), unit, device=totals.device)
             clean = _values(objective, Context(batch.x, cap.activations, logits))
-            run = _Run(s, cap, batch.x, objective, info.name, units, mask_size, mask_value, batch_size, steps, logits,
-                       incremental, tau)
+
+            def make_run(tau: float | None, steps: Steps | None = None) -> _Run:
+                """A run for this image batch; calibration runs report no progress but honour ``cancel``."""
+                return _Run(s, cap, batch.x, objective, info.name, units, mask_size, mask_value, batch_size,
+                            steps or Steps(1, None, cancel), logits, incremental, tau)
+
+            calibration: dict[str, Any] = {}
+            if quality is not None and tau is None and incremental is not False:
+                tau, calibration = _calibrated(make_run, size, mask_size, stride, quality)
+            run = make_run(tau, steps)
             for p in passes:
                 maps = run.maps(p)
                 params = {"mask_size": mask_size, "stride": p, "mask_value": mask_value, "unit_layer": info.name,
-                          "inference": run.inference, "tau": tau}
+                          "inference": run.inference, "tau": tau, "quality": quality, **calibration}
                 result = explanation(s, batch, maps.pop("map"), maps.pop("raw"), method="occlusion",
                                      objective=objective, layer=info.name, params=params, logits=logits,
                                      extras=_extras(maps, units, clean), label_maps=("label_map",),
@@ -175,6 +189,43 @@ def interactive_defaults(size: tuple[int, int], seconds_per_forward: float, budg
     per_side = int((budget / max(seconds_per_forward, 1e-6)) ** 0.5)
     per_side = max(4, min(13, per_side, side - mask + 1))
     return mask, max(1, -(-(side - mask) // max(per_side - 1, 1)))
+
+
+_TAUS = (0.25, 0.4, 0.55, 0.7, 0.85)  # projective-field caps tried by the calibration, cheapest first
+_CALIBRATION_SIDE = 7  # mask positions per side of the calibration grid
+
+
+def _calibrated(make_run: Callable[..., _Run], size: tuple[int, int], mask_size: int, stride: int,
+                quality: float) -> tuple[float | None, dict[str, Any]]:
+    """The cheapest ``tau`` whose map reaches SSIM ``quality`` against the exact map on a coarse grid of
+    about 7×7 positions of this very image (their stride a multiple of ``stride``), and what was measured:
+    ``ssim`` (the worst over the images) and the grid's stride. None (exact) when no cap reaches it, when the
+    model has no incremental engine, or when the map is small enough to compute exactly outright."""
+    side = min(size) - mask_size
+    coarse = stride * max(1, round(side / (_CALIBRATION_SIDE - 1) / stride))
+    if coarse <= stride or len(positions(min(size), mask_size, coarse)) < 3:
+        return None, {"ssim": 1.0, "calibration_stride": None}
+    exact_run = make_run(None)
+    exact = exact_run.maps(coarse)["raw"]
+    if exact_run.inference != "incremental":
+        return None, {"ssim": 1.0, "calibration_stride": None}
+    for tau in _TAUS:
+        approximate = make_run(tau).maps(coarse)["raw"]
+        score = min(_grid_ssim(a.cpu().numpy(), e.cpu().numpy()) for a, e in zip(approximate, exact))
+        if score >= quality:
+            return tau, {"ssim": score, "calibration_stride": coarse}
+    return None, {"ssim": 1.0, "calibration_stride": coarse}
+
+
+def _grid_ssim(a: Any, b: Any) -> float:
+    """SSIM of an approximate per-position grid ``a`` against the exact ``b`` (scikit-image), on b's range."""
+    span = float(b.max() - b.min())
+    if span == 0:
+        return 1.0 if float(abs(a - b).max()) == 0 else 0.0
+    side = min(b.shape)
+    if side < 3:
+        return float(1 - abs(a - b).mean() / span)
+    return float(structural_similarity(a, b, data_range=span, win_size=min(7, side if side % 2 else side - 1)))
 
 
 def _passes(size: tuple[int, int], mask_size: int, stride: int) -> list[int]:
@@ -238,6 +289,7 @@ class _Run:
         self.clean_log = _log_values(objective, Context(images, {}, logits))
         self.make_engine = _engine_factory(session, layer, objective, tau) if incremental else None
         self.forced = incremental is True  # "auto" keeps the engine only where it is faster
+        self.tau = tau
         self.engines: dict[int, Incremental] = {}  # per image: its clean activations
         self.inference = "incremental" if self.make_engine is not None else "full"
         self.checked = False
@@ -306,7 +358,7 @@ class _Run:
         if found is None:
             out = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
             return out, self.cap[self.layer][:, self.units[i]].flatten(1).double().sum(1)
-        if self.checked:
+        if self.checked or self.tau is not None:  # an approximation is not checked against the exact forward
             return found
         self.checked = True
         n = min(len(chunk), _CHECKED)
