@@ -20,11 +20,15 @@ def forward_seconds(model: torch.nn.Module, image: torch.Tensor) -> float:
         return session.probe_seconds(tuple(session.prepare(image).x.shape[-2:]))
 
 
+PREVIEW_QUALITY = 0.9  # the SSIM the live preview asks of its approximate map
+
+
 class OcclusionView(View):
     """Mask size, stride, mask value, target, layer and unit → probability, feature-map and label maps.
 
     The default mask is a quarter of the image side and the default stride keeps the first job within
-    about 9 s of forwards (timed by the layer-table probe), coarse maps first.
+    about 9 s of forwards (timed by the layer-table probe). Maps come from incremental inference where the
+    model allows it; a quick approximate preview comes first when it saves time (see ``job`` in refresh).
 
     The feature-map panel follows one unit of ``layer``; unit -1 (the default) picks the map with the
     largest total activation on the clean image, as Zeiler & Fergus do.
@@ -73,14 +77,23 @@ class OcclusionView(View):
                   "layer": self.layer.value, "unit": None if self.unit.value < 0 else self.unit.value}
         model = self.model
 
-        def job(target, image, progress, cancel, partial):  # occlusion itself streams: coarse map, then final
-            return image, occlusion(model, image, target, **params, progress=progress, cancel=cancel,
-                                    partial=lambda result: partial((image, result)))
+        def job(target, image, progress, cancel, partial):
+            """Coarse maps, then a preview at the final stride (projective fields capped so that the map reaches
+            SSIM 0.9 against the exact one on a calibration grid), then the exact map. Where no cap is needed or
+            none is good enough, the preview is the exact map and the job ends there."""
+            preview = occlusion(model, image, target, **params, quality=PREVIEW_QUALITY, progress=progress,
+                                cancel=cancel, partial=lambda result: partial((image, result)))
+            if preview.params["tau"] is None:
+                return image, preview
+            partial((image, preview))
+            return image, occlusion(model, image, target, **params, progress=progress, cancel=cancel)
 
         def draw(target, outcome):
             image, result = outcome
             names = class_names(model, len(self.target.options))
-            self.prob_panel.show(image, result.map, title=f"P({names[target]}) with the mask here")
+            tau = result.params.get("tau")
+            note = f" · preview (SSIM ≈ {result.params['ssim']:.2f})" if tau is not None else ""
+            self.prob_panel.show(image, result.map, title=f"P({names[target]}) with the mask here{note}")
             which = "strongest map" if params["unit"] is None else "map"
             self.unit_panel.show(image, result.unit_map,
                                  title=f"activation of {which} {result.params['unit_layer']}:{int(result.unit)}")
