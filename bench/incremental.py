@@ -1,0 +1,157 @@
+"""Incremental occlusion (issue 9) against cnnlens' full batched occlusion, as ratios in one run.
+
+    .venv/bin/python bench/incremental.py      # prints markdown (also saved to bench/incremental.md)
+
+Setting: Zeiler & Fergus' 16 px gray mask, stride 4, at 224 px (52 × 52 = 2,704 positions) on randomly
+initialised torchvision models, and the default model at 64 px with mask 16 / stride 2 (25 × 25 positions).
+Two threads (the machine's cores).
+
+1. Exact, per batch (the steady state, where the time of a whole map goes): the same 64 mask positions from
+   the middle of the image run through the incremental engine and through the plain batched forward that
+   ``incremental=False`` uses; medians of interleaved rounds. The clean run and the trace, once per image, are
+   listed apart.
+2. Exact, end to end: ``cl.occlusion(..., incremental=True)`` vs ``incremental=False`` for a whole map, where
+   that takes minutes at most (resnet18, the default model), and the largest difference between the maps.
+3. Approximate: ``tau`` (Krypton's projective-field cap) against the exact map, with the SSIM of the
+   per-position grid against the exact one; and ``quality=0.9`` end to end (calibration included).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+import cnnlens as cl
+from cnnlens.core.session import look
+from cnnlens.explain.incremental import Incremental, graph_of
+from cnnlens.explain.occlusion import _grid_ssim, positions
+
+MASK, STRIDE = 16, 4
+
+
+def model_and_image(name: str) -> tuple[torch.nn.Module, torch.Tensor, int]:
+    if name == "default":
+        model, data = cl.zoo.shapes()
+        return model, data.images[5], int(data.labels[5])
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    return model, torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0)), 3
+
+
+def per_batch(name: str, rounds: int = 3) -> dict:
+    """Seconds per batch of 64 positions: incremental engine vs plain forward; and the once-per-image costs."""
+    model, image, _ = model_and_image(name)
+    side = image.shape[-1]
+    stride = 2 if name == "default" else STRIDE
+    places = [(y, x) for y in positions(side, MASK, stride) for x in positions(side, MASK, stride)]
+    middle = len(places) // 2
+    chunk = torch.tensor(places[middle:middle + 64])
+    with look(model) as s, torch.no_grad():
+        start = time.perf_counter()
+        graph = graph_of(s.net, s._shared)
+        trace = time.perf_counter() - start
+        engine = Incremental(s.net, graph, None)
+        x = s.net_input(image[None])
+        start = time.perf_counter()
+        engine.clean(x)
+        clean = time.perf_counter() - start
+        fill = torch.full_like(x[0], 0.5)
+        rows = chunk[:, :1] + torch.arange(MASK)
+        cols = chunk[:, 1:] + torch.arange(MASK)
+        crops = fill[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
+        occluded = x.repeat(len(chunk), 1, 1, 1)
+        for i, (y0, x0) in enumerate(chunk.tolist()):
+            occluded[i, :, y0:y0 + MASK, x0:x0 + MASK] = 0.5
+
+        def incremental():
+            return engine.run(chunk[:, 0], chunk[:, 1], crops, None)[0]
+
+        def full():
+            return s.net(occluded)
+
+        torch.testing.assert_close(incremental(), full(), rtol=0, atol=1e-5)
+        times: dict[str, list[float]] = {"incremental": [], "full": []}
+        for _ in range(rounds):
+            for key, fn in (("incremental", incremental), ("full", full)):
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+    inc, plain = statistics.median(times["incremental"]), statistics.median(times["full"])
+    return {"incremental": inc, "full": plain, "speedup": plain / inc, "clean": clean, "trace": trace}
+
+
+def end_to_end(name: str) -> dict:
+    model, image, target = model_and_image(name)
+    stride = 2 if name == "default" else STRIDE
+    cl.occlusion(model, image, target, mask_size=MASK, stride=64)  # trace and warm up once
+    start = time.perf_counter()
+    fast = cl.occlusion(model, image, target, mask_size=MASK, stride=stride, incremental=True)
+    middle = time.perf_counter()
+    full = cl.occlusion(model, image, target, mask_size=MASK, stride=stride, incremental=False)
+    end = time.perf_counter()
+    span = float(full.map.max() - full.map.min())
+    error = float((fast.map - full.map).abs().max()) / span if span else 0.0
+    return {"incremental": middle - start, "full": end - middle, "speedup": (end - middle) / (middle - start),
+            "error": error, "positions": full.raw.numel()}
+
+
+def approximate(name: str, stride: int) -> list[tuple]:
+    model, image, target = model_and_image(name)
+    cl.occlusion(model, image, target, mask_size=MASK, stride=64)
+    start = time.perf_counter()
+    exact = cl.occlusion(model, image, target, mask_size=MASK, stride=stride, incremental=True)
+    exact_seconds = time.perf_counter() - start
+    rows = []
+    for tau in (0.25, 0.4, 0.55, 0.7, 0.85):
+        start = time.perf_counter()
+        result = cl.occlusion(model, image, target, mask_size=MASK, stride=stride, tau=tau)
+        seconds = time.perf_counter() - start
+        rows.append((f"tau {tau}", exact_seconds / seconds, _grid_ssim(result.raw[0].numpy(), exact.raw[0].numpy())))
+    start = time.perf_counter()
+    result = cl.occlusion(model, image, target, mask_size=MASK, stride=stride, quality=0.9)
+    seconds = time.perf_counter() - start
+    rows.append((f"quality 0.9 (picked tau {result.params['tau']}, calibration SSIM {result.params['ssim']:.3f})",
+                 exact_seconds / seconds, _grid_ssim(result.raw[0].numpy(), exact.raw[0].numpy())))
+    return rows
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    lines = ["# Incremental occlusion: speed against full re-inference, and the approximations' quality", "",
+             "Measured by `bench/incremental.py` (see its docstring); 2 threads, 16 px gray mask, random-weight "
+             "torchvision models at 224 px (stride 4), the default model at 64 px (stride 2).", "",
+             "## Exact, per batch of 64 positions (steady state)", "",
+             "| model | incremental (s) | full (s) | full ÷ incremental | clean run, once per image (s) | "
+             "trace, once per model (s) |", "|---|---:|---:|---:|---:|---:|"]
+    for name in sys.argv[1:] or ("default", "resnet18", "vgg16", "alexnet", "mobilenet_v3_small", "densenet121"):
+        r = per_batch(name)
+        lines.append(f"| {name} | {r['incremental']:.3f} | {r['full']:.3f} | **{r['speedup']:.2f}** | "
+                     f"{r['clean']:.3f} | {r['trace']:.2f} |")
+        print(lines[-1], flush=True)
+    lines += ["", "Targets: ≥ 2× on resnet18, ≥ 4× on vgg16.", "",
+              "## Exact, a whole map end to end (`incremental=True` vs `incremental=False`)", "",
+              "| model | positions | incremental (s) | full (s) | speedup | max difference ÷ map range |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name in ("default", "resnet18"):
+        r = end_to_end(name)
+        lines.append(f"| {name} | {r['positions']} | {r['incremental']:.2f} | {r['full']:.2f} | "
+                     f"**{r['speedup']:.2f}** | {r['error']:.1e} |")
+        print(lines[-1], flush=True)
+    lines += ["", "## Approximate: projective-field cap `tau`, and `quality=0.9` (calibration included)", "",
+              "| model | setting | speedup over exact incremental | SSIM of the grid vs exact |", "|---|---|---:|---:|"]
+    for name, stride in (("default", 2), ("resnet18", 8)):
+        for label, speedup, ssim in approximate(name, stride):
+            lines.append(f"| {name} (stride {stride}) | {label} | {speedup:.2f} | {ssim:.3f} |")
+            print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (Path(__file__).parent / "incremental.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
