@@ -132,8 +132,31 @@ def test_quality_picks_a_cap_from_a_calibration_on_this_image(default):
     assert fast.params["tau"] is not None and fast.params["ssim"] >= 0.9
     assert fast.params["calibration_stride"] % 2 == 0 and fast.params["calibration_stride"] > 2
     from cnnlens.explain.occlusion import _grid_ssim
-    assert _grid_ssim(fast.raw[0].numpy(), exact.raw[0].numpy()) >= 0.85  # on the fine grid too, near the ask
+    assert _grid_ssim(fast.raw.numpy(), exact.raw.numpy()) >= 0.85  # on the fine grid too, near the ask
     strict = cl.occlusion(model, x, label, mask_size=16, stride=2, quality=0.999)
     assert strict.params["tau"] is None or strict.params["ssim"] >= 0.999
     with pytest.raises(ValueError, match="quality"):
         cl.occlusion(model, x, quality=1.5)
+
+
+def test_drill_down_computes_the_coarse_grid_then_the_busiest_cells(default):
+    """``refine``: every 4th position per side first (exact, interpolated between), then the given share of
+    the positions in the cells whose corners differ most; refine=1 computes every position."""
+    model, data = default
+    x, label = data.images[5], int(data.labels[5])
+    exact = cl.occlusion(model, x, label, mask_size=16, stride=2)  # 25 × 25 positions
+    counts = {}
+    results = {}
+    for share in (0.0, 0.3, 1.0):
+        seen = []
+        results[share] = cl.occlusion(model, x, label, mask_size=16, stride=2, refine=share,
+                                      progress=lambda done, total: seen.append(done))
+        counts[share] = seen[-1]
+    assert counts[0.0] == 7 * 7 and counts[0.3] == 49 + math.ceil(0.3 * 625) and counts[1.0] == 625
+    torch.testing.assert_close(results[1.0].raw, exact.raw)
+    coarse = exact.raw[::4, ::4]
+    torch.testing.assert_close(results[0.0].raw[::4, ::4], coarse)  # the coarse positions are exact
+    errors = {share: float((r.raw - exact.raw).abs().max()) for share, r in results.items()}
+    assert errors[0.3] < errors[0.0]
+    with pytest.raises(ValueError, match="refine"):
+        cl.occlusion(model, x, refine=2)

@@ -501,13 +501,17 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
     size = None
     forward: dict[str, Any] = {}  # this forward's maxima and positions, which layers ran, their outputs
 
-    def record(name: str, _module: torch.nn.Module, output: torch.Tensor) -> None:
+    def record(name: str, module: torch.nn.Module, output: torch.Tensor) -> None:
         """Reduce ``output`` while it is intact (a later in-place op may change it)."""
         forward["ran"].add(name)
         earlier = forward["outputs"].get(id(output))  # (weak reference, version, layer) of an earlier output
+        rectified = None  # an in-place ReLU's input maxima: relu(max) is its output's maximum, no pass needed
         if earlier is not None and earlier[0]() is output and earlier[1] == output._version:
             forward["alias"][name] = earlier[2]  # the very tensor, unchanged since: a container's last child
         else:  # (a dead tensor's id may be reused: the weak reference tells them apart)
+            if (earlier is not None and earlier[0]() is output and earlier[1] == output._version - 1
+                    and type(module) is torch.nn.ReLU and earlier[2] in forward["values"]):
+                rectified = forward["values"][earlier[2]]
             forward["outputs"][id(output)] = (weakref.ref(output), output._version, name)
         flat = output.detach().flatten(2) if output.dim() > 2 else output.detach()[:, :, None]
         batch, units, size = flat.shape
@@ -516,13 +520,13 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
             states[name] = _new_state(grid, units, k, statistics)
         elif states[name].top.values.shape[0] != units:
             raise ValueError(f"layers: {name!r} changed its number of units between batches.")
-        if lists is None and size >= 16 * _BLOCK and size % _BLOCK == 0:
+        if lists is None and size >= 16 * _BLOCK and size % _BLOCK == 0 and rectified is None:
             # first batch, large maps: every pair's position, in blocks (about 2k of every B pairs enter)
             values, positions = _blockwise_max(flat)
             found = (torch.arange(batch, device=flat.device).repeat_interleave(units),
                      torch.arange(units, device=flat.device).repeat(batch), positions.flatten())
         else:
-            values = flat.amax(2)
+            values = flat.amax(2) if rectified is None else rectified.clamp(min=0)
             if lists is not None:
                 top, bottom = lists.bounds(name)
             elif batch > 2 * k:  # first batch: a pair enters only if among this batch's k best or worst

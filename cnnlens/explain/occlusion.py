@@ -34,11 +34,13 @@ The per-position grids are in ``raw`` (target), ``unit_grid`` and ``label_grid``
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
 from ..core.hooks import capture
@@ -107,7 +109,8 @@ def _checked(mask_size: int | None, stride: int | None, mask_value: Any, size: t
 def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: int | None = None,
               stride: int | None = None, mask_value: Any = "gray", layer: Any = None,
               unit: int | None = None, batch_size: int | None = None, incremental: bool | str = "auto",
-              tau: float | None = None, quality: float | None = None, progress: ProgressFn | None = None,
+              tau: float | None = None, refine: float | None = None, quality: float | None = None,
+              progress: ProgressFn | None = None,
               cancel: CancelToken | None = None, partial: Callable[[Explanation], None] | None = None
               ) -> Explanation:
     """Slide a ``mask_size`` square with ``stride`` over ``x``; see the module doc for the three maps.
@@ -116,6 +119,14 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
     images per forward scaled with the image area (64 at 224 px). With ``partial``, coarser maps — two
     positions per side, then a stride of about the mask size — are handed over first; their positions are
     among the final ones, so streaming costs no extra forward.
+
+    Inference (see :mod:`cnnlens.explain.incremental`): ``incremental="auto"`` recomputes only what each mask
+    position changes where the model's graph allows it and that is faster (the maps are those of full
+    re-inference), ``True`` always where it can, ``False`` never. Approximations: ``tau`` caps each layer's
+    recomputed rectangle at that share of its map's side; ``refine`` computes every 4th position per side,
+    interpolates, and computes only that share of the positions where the interpolated map strays most;
+    ``quality`` (an SSIM in (0, 1)) picks ``tau`` by a calibration on a coarse grid of the same image and
+    reports the SSIM it measured in ``params["ssim"]``.
     """
     batch_size = None if batch_size is None else positive_int(batch_size, "batch_size")
     if incremental not in (True, False, "auto"):
@@ -123,6 +134,10 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
     if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau <= 1):
         raise ValueError(f"tau must be a number in (0, 1] (the largest recomputed share of each map's side) or "
                          f"None (exact), got {tau!r}.")
+    if refine is not None and (isinstance(refine, bool) or not isinstance(refine, (int, float))
+                               or not 0 <= refine <= 1):
+        raise ValueError(f"refine must be a number in [0, 1] (the share of positions computed after the coarse "
+                         f"grid) or None (every position), got {refine!r}.")
     if quality is not None and (isinstance(quality, bool) or not isinstance(quality, (int, float))
                                 or not 0 < quality < 1):
         raise ValueError(f"quality must be a number in (0, 1) (the SSIM to reach against the exact map) or None "
@@ -142,6 +157,11 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
         passes = _passes(size, mask_size, stride) if partial is not None else [stride]
         places = {(y, x) for p in passes for y in positions(size[0], mask_size, p)
                   for x in positions(size[1], mask_size, p)}
+        if refine is not None:  # the drill-down computes its coarse grid and a share of the rest
+            side_y = positions(size[0], mask_size, stride)
+            side_x = positions(size[1], mask_size, stride)
+            coarse = len(_drill_indices(len(side_y))) * len(_drill_indices(len(side_x)))
+            places = range(coarse + math.ceil(refine * len(side_y) * len(side_x)))
         steps = Steps(len(batch.x) * len(places), progress, cancel)
         if batch_size is None:  # the model's activations for one batch stay about those of 64 images at 224 px
             batch_size = max(1, min(64, (64 * 224 * 224) // (size[0] * size[1])))
@@ -157,19 +177,20 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
             units = totals.argmax(1) if unit is None else torch.full((len(batch.x),), unit, device=totals.device)
             clean = _values(objective, Context(batch.x, cap.activations, logits))
 
-            def make_run(tau: float | None, steps: Steps | None = None) -> _Run:
+            def make_run(tau: float | None, steps: Steps | None = None, refine: float | None = None) -> _Run:
                 """A run for this image batch; calibration runs report no progress but honour ``cancel``."""
                 return _Run(s, cap, batch.x, objective, info.name, units, mask_size, mask_value, batch_size,
-                            steps or Steps(1, None, cancel), logits, incremental, tau)
+                            steps or Steps(1, None, cancel), logits, incremental, tau, refine)
 
             calibration: dict[str, Any] = {}
             if quality is not None and tau is None and incremental is not False:
                 tau, calibration = _calibrated(make_run, size, mask_size, stride, quality)
-            run = make_run(tau, steps)
+            run = make_run(tau, steps, refine)
             for p in passes:
                 maps = run.maps(p)
                 params = {"mask_size": mask_size, "stride": p, "mask_value": mask_value, "unit_layer": info.name,
-                          "inference": run.inference, "tau": tau, "quality": quality, **calibration}
+                          "inference": run.inference, "tau": tau, "refine": refine, "quality": quality,
+                          **calibration}
                 result = explanation(s, batch, maps.pop("map"), maps.pop("raw"), method="occlusion",
                                      objective=objective, layer=info.name, params=params, logits=logits,
                                      extras=_extras(maps, units, clean), label_maps=("label_map",),
@@ -282,14 +303,15 @@ class _Run:
 
     def __init__(self, session: Session, cap, images: torch.Tensor, objective: Objective, layer: str,
                  units: torch.Tensor, mask_size: int, mask_value: Any, batch_size: int, steps: Steps,
-                 logits: torch.Tensor, incremental: bool | str = "auto", tau: float | None = None):
+                 logits: torch.Tensor, incremental: bool | str = "auto", tau: float | None = None,
+                 refine: float | None = None):
         self.s, self.cap, self.images, self.objective, self.layer = session, cap, images, objective, layer
         self.units, self.mask_size, self.mask_value = units, mask_size, mask_value
         self.batch_size, self.steps = batch_size, steps
         self.clean_log = _log_values(objective, Context(images, {}, logits))
         self.make_engine = _engine_factory(session, layer, objective, tau) if incremental else None
         self.forced = incremental is True  # "auto" keeps the engine only where it is faster
-        self.tau = tau
+        self.tau, self.refine = tau, refine
         self.engines: dict[int, Incremental] = {}  # per image: its clean activations
         self.inference = "incremental" if self.make_engine is not None else "full"
         self.checked = False
@@ -373,16 +395,51 @@ class _Run:
         out = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
         return out, self.cap[self.layer][:, self.units[i]].flatten(1).double().sum(1)
 
+    def _computed(self, places: list[tuple[int, int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """B×n grids (target, unit, log) and labels of these positions, computing those not done yet."""
+        self._compute([p for p in places if p not in self.done])
+        rows = [self.done[p] for p in places]
+        grids = {key: self.values[key][:, rows] for key in ("target", "unit", "log")}
+        return grids, self.values["label"][:, rows]
+
+    def _drilled(self, ys: list[int], xs: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Krypton's adaptive drill-down: every ``_DRILL``-th position per side first, interpolated over the
+        grid; then the share ``refine`` of the positions in the coarse cells whose corners differ most (where
+        the map changes and interpolation is least trustworthy) computed as well. The rest stay interpolated."""
+        fine_y, fine_x = _drill_indices(len(ys)), _drill_indices(len(xs))
+        coarse_grids, coarse_labels = self._computed([(ys[i], xs[j]) for i in fine_y for j in fine_x])
+        b, shape = len(self.images), (len(ys), len(xs))
+        device = self.images.device
+        ay, ax = _linear_weights(fine_y, len(ys)).to(device), _linear_weights(fine_x, len(xs)).to(device)
+        grids = {key: torch.einsum("yc,bcd,xd->byx", ay, g.view(b, len(fine_y), len(fine_x)).double(), ax)
+                 .reshape(b, -1) for key, g in coarse_grids.items()}
+        near_y = (torch.tensor(fine_y)[None] - torch.arange(len(ys))[:, None]).abs().argmin(1).to(device)
+        near_x = (torch.tensor(fine_x)[None] - torch.arange(len(xs))[:, None]).abs().argmin(1).to(device)
+        labels = coarse_labels.view(b, len(fine_y), len(fine_x))[:, near_y][:, :, near_x].reshape(b, -1)
+        key = "log" if isinstance(self.objective, Prob) else "target"
+        stray = _cell_spread(coarse_grids[key].view(b, len(fine_y), len(fine_x)).double(), fine_y, fine_x,
+                             shape).flatten()
+        known = torch.tensor([(y, x) in self.done for y in ys for x in xs], device=stray.device)
+        stray = torch.where(known, -math.inf, stray)  # positions computed already need no second look
+        budget = min(math.ceil(self.refine * stray.numel()), int((~known).sum()))
+        chosen = stray.argsort(descending=True, stable=True)[:budget].tolist()
+        exact, exact_labels = self._computed([(ys[i // shape[1]], xs[i % shape[1]]) for i in chosen])
+        for k in grids:
+            grids[k][:, chosen] = exact[k].to(grids[k].dtype)
+        labels[:, chosen] = exact_labels
+        for position, index in ((p, i) for i, p in enumerate((y, x) for y in ys for x in xs) if p in self.done):
+            for k in grids:  # every position computed on the way (the coarse ones) keeps its exact value
+                grids[k][:, index] = self.values[k][:, self.done[position]].to(grids[k].dtype)
+            labels[:, index] = self.values["label"][:, self.done[position]]
+        return grids, labels
+
     def maps(self, stride: int) -> dict[str, Any]:
         h, w = size = tuple(self.images.shape[-2:])
         ys, xs = positions(h, self.mask_size, stride), positions(w, self.mask_size, stride)
         device = self.images.device
         places = [(y, x) for y in ys for x in xs]
-        self._compute([p for p in places if p not in self.done])
         b = len(self.images)
-        rows = [self.done[p] for p in places]
-        grids = {key: torch.stack([self.values[key][:, r] for r in rows], 1) for key in ("target", "unit", "log")}
-        labels = torch.stack([self.values["label"][:, r] for r in rows], 1)
+        grids, labels = self._drilled(ys, xs) if self.refine is not None else self._computed(places)
         sums = torch.zeros(b, h, w, dtype=torch.float64, device=device)
         counts = torch.zeros(h, w, dtype=torch.float64, device=device)
         starts = torch.tensor(places, device=device)
@@ -414,6 +471,45 @@ class _Run:
             maps["log_map"] = log_map
             maps["drop_map"] = self.clean_log.view(-1, 1, 1) - log_map
         return maps
+
+
+_DRILL = 4  # the drill-down's coarse grid keeps every 4th position per side (and the last)
+
+
+def _drill_indices(n: int) -> list[int]:
+    return sorted(set(range(0, n, _DRILL)) | {n - 1})
+
+
+def _cell_spread(coarse: torch.Tensor, known_y: list[int], known_x: list[int], shape: tuple[int, int]
+                 ) -> torch.Tensor:
+    """Per fine position (ny×nx), the spread (max − min over the images and the four corners) of the coarse
+    cell it lies in; ``coarse`` is B×len(known_y)×len(known_x)."""
+    if coarse.shape[1] < 2 or coarse.shape[2] < 2:
+        return torch.zeros(shape, dtype=coarse.dtype, device=coarse.device)
+    corners = coarse[:, None]
+    spread = (F.max_pool2d(corners, 2, 1) + F.max_pool2d(-corners, 2, 1))[:, 0].amax(0)  # cells
+    cell_y = (torch.searchsorted(torch.tensor(known_y), torch.arange(shape[0]), right=True) - 1).clamp(
+        0, len(known_y) - 2).to(coarse.device)
+    cell_x = (torch.searchsorted(torch.tensor(known_x), torch.arange(shape[1]), right=True) - 1).clamp(
+        0, len(known_x) - 2).to(coarse.device)
+    return spread[cell_y][:, cell_x]
+
+
+def _linear_weights(known: list[int], n: int) -> torch.Tensor:
+    """n×len(known) weights interpolating values known at indices ``known`` linearly over 0..n−1."""
+    weights = torch.zeros(n, len(known), dtype=torch.float64)
+    if len(known) == 1:
+        weights[:, 0] = 1.0
+        return weights
+    grid = torch.tensor(known, dtype=torch.float64)
+    t = torch.arange(n, dtype=torch.float64)
+    upper = torch.searchsorted(grid, t, right=True).clamp(1, len(known) - 1)
+    lower = upper - 1
+    frac = ((t - grid[lower]) / (grid[upper] - grid[lower])).clamp(0, 1)
+    rows = torch.arange(n)
+    weights[rows, lower] = 1 - frac
+    weights[rows, upper] += frac
+    return weights
 
 
 def _between_centres(starts: list[int], mask_size: int, length: int, device: torch.device) -> torch.Tensor:
