@@ -160,3 +160,36 @@ def test_drill_down_computes_the_coarse_grid_then_the_busiest_cells(default):
     assert errors[0.3] < errors[0.0]
     with pytest.raises(ValueError, match="refine"):
         cl.occlusion(model, x, refine=2)
+
+
+def test_tracing_leaves_forwards_in_other_threads_alone():
+    """fx patches nn.Module.__call__ process-wide while it traces; cnnlens confines that to the tracing thread,
+    so a training loop or another view running meanwhile neither breaks nor leaks into the graph (with plain
+    ``torch.fx.symbolic_trace`` here, thousands of the other thread's forwards fail with a NameError)."""
+    import copy
+    import threading
+
+    model = random_model("resnet18")
+    copies = [copy.deepcopy(model) for _ in range(20)]
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    x = torch.rand(1, 3, 32, 32)
+    stop, errors, runs = threading.Event(), [], [0]
+
+    def loop():
+        while not stop.is_set():
+            try:
+                other(x)
+                runs[0] += 1
+            except Exception as error:  # noqa: BLE001 - collected and asserted below
+                errors.append(error)
+
+    reference = len(torch.fx.symbolic_trace(copy.deepcopy(model)).graph.nodes)
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        sizes = {len(engine_module._traced_in_this_thread(net).nodes) for net in copies}
+    finally:
+        stop.set()
+        thread.join()
+    assert sizes == {reference}  # nothing from the other thread's forwards
+    assert not errors and runs[0] > 0

@@ -31,9 +31,13 @@ approximation whose quality the caller measures.
 
 from __future__ import annotations
 
+import builtins
+import functools
 import math
 import operator
+import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +45,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import _Patcher
 
 _POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid,
                       nn.Tanh, nn.GELU, nn.ELU, nn.Mish, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout2d,
@@ -53,6 +58,7 @@ _BINARY_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.isub, o
                      operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div}
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared net -> fx.Graph or the trace error
+_TRACE_LOCK = threading.Lock()  # one trace at a time: the confined patches below replace fx's patcher methods
 
 
 @dataclass
@@ -83,14 +89,50 @@ class Full:
 def graph_of(net: nn.Module, shared: nn.Module) -> fx.Graph | None:
     """The fx graph of ``net`` (cached with ``shared``, the module the session keeps caches with), or None
     when it cannot be traced."""
-    cached = _GRAPHS.get(shared)
-    if cached is None:
-        try:
-            cached = fx.symbolic_trace(net).graph
-        except Exception as error:  # noqa: BLE001 - any trace failure means: run in full
-            cached = error
-        _GRAPHS[shared] = cached
+    with _TRACE_LOCK:
+        cached = _GRAPHS.get(shared)
+        if cached is None:
+            try:
+                cached = _traced_in_this_thread(net)
+            except Exception as error:  # noqa: BLE001 - any trace failure means: run in full
+                cached = error
+            _GRAPHS[shared] = cached
     return cached if isinstance(cached, fx.Graph) else None
+
+
+def _traced_in_this_thread(net: nn.Module) -> fx.Graph:
+    """``torch.fx.symbolic_trace(net).graph``, with fx's patches confined to this thread.
+
+    While it traces, fx replaces ``nn.Module.__call__`` and ``__getattr__`` (and some module globals) for the
+    whole process; a forward running meanwhile in another thread — another view of the Lens, the user's
+    training loop — would be recorded into this graph and handed proxies. Here each patch falls through to
+    the original everywhere but in the tracing thread.
+    """
+    thread = threading.get_ident()
+    patch_method, patch = _Patcher.patch_method, _Patcher.patch
+
+    def here_only(original: Any, replacement: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(replacement)
+        def dispatch(*args: Any, **kwargs: Any) -> Any:
+            chosen = replacement if threading.get_ident() == thread else original
+            return chosen(*args, **kwargs)
+        return dispatch
+
+    def confined_method(self: Any, cls: type, name: str, new_fn: Callable[..., Any], deduplicate: bool = True
+                        ) -> None:
+        return patch_method(self, cls, name, here_only(getattr(cls, name), new_fn), deduplicate)
+
+    def confined(self: Any, frame_dict: dict, name: str, new_fn: Callable[..., Any], deduplicate: bool = True
+                 ) -> None:
+        original = frame_dict.get(name, getattr(builtins, name, None))
+        return patch(self, frame_dict, name, here_only(original, new_fn) if original is not None else new_fn,
+                     deduplicate)
+
+    _Patcher.patch_method, _Patcher.patch = confined_method, confined
+    try:
+        return fx.symbolic_trace(net).graph
+    finally:
+        _Patcher.patch_method, _Patcher.patch = patch_method, patch
 
 
 def output_node_of(graph: fx.Graph, layer: str) -> fx.Node | None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,7 @@ from .incremental import Incremental, graph_of, output_node_of
 
 MASK_VALUES = ("gray", "mean", "zero", "blur")
 _CHECKED = 8  # occluded images run in full once per run, to check the incremental engine and time it
+_DECISIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared net -> {setting: use the engine}
 
 
 def positions(length: int, mask_size: int, stride: int) -> list[int]:
@@ -313,8 +315,14 @@ class _Run:
         self.forced = incremental is True  # "auto" keeps the engine only where it is faster
         self.tau, self.refine = tau, refine
         self.engines: dict[int, Incremental] = {}  # per image: its clean activations
-        self.inference = "incremental" if self.make_engine is not None else "full"
         self.checked = False
+        # "auto" decides once per model and setting, so that the same call always takes the same path
+        self.decision_key = (tuple(images.shape[1:]), mask_size, batch_size, layer, str(images.device))
+        decided = _DECISIONS.get(session._shared, {}).get(self.decision_key) if incremental == "auto" else None
+        if decided is not None and self.make_engine is not None:
+            self.checked = True
+            self.make_engine = self.make_engine if decided else None
+        self.inference = "incremental" if self.make_engine is not None else "full"
         self.done: dict[tuple[int, int], int] = {}  # mask position -> its column in ``values``
         b = len(images)
         self.values = {key: torch.zeros(b, 0, dtype=torch.float64, device=images.device)
@@ -388,7 +396,10 @@ class _Run:
         out = self.s.logits(torch.where(windows[:n, None], fill[None], image[None]))
         full_seconds = (time.perf_counter() - start) * len(chunk) / n
         agree = torch.allclose(found[0][:n], out, rtol=1e-3, atol=1e-4 * max(1.0, float(out.abs().max())))
-        if agree and (self.forced or incremental_seconds <= full_seconds):
+        keep = agree and (self.forced or incremental_seconds <= full_seconds)
+        if not self.forced:
+            _DECISIONS.setdefault(self.s._shared, {})[self.decision_key] = keep
+        if keep:
             return found
         self.make_engine, self.engines = None, {}
         self.inference = "full" if agree else "full (the incremental engine disagreed)"
