@@ -150,7 +150,7 @@ def test_drill_down_computes_the_coarse_grid_then_the_busiest_cells(default):
     for share in (0.0, 0.3, 1.0):
         seen = []
         results[share] = cl.occlusion(model, x, label, mask_size=16, stride=2, refine=share,
-                                      progress=lambda done, total: seen.append(done))
+                                      progress=lambda done, total, seen=seen: seen.append(done))
         counts[share] = seen[-1]
     assert counts[0.0] == 7 * 7 and counts[0.3] == 49 + math.ceil(0.3 * 625) and counts[1.0] == 625
     torch.testing.assert_close(results[1.0].raw, exact.raw)

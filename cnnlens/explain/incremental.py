@@ -58,6 +58,8 @@ _BINARY_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.isub, o
                      operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div}
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared net -> fx.Graph or the trace error
+_OPERATION = 2e4  # what a handful of small tensor operations costs, in written elements
+_MAC_PER_ELEMENT = 16.0  # multiply-adds costing about as much as writing one element (2 CPU cores, float32)
 _TRACE_LOCK = threading.Lock()  # one trace at a time: the confined patches below replace fx's patcher methods
 
 
@@ -200,6 +202,7 @@ class Incremental:
         self.modules = dict(net.named_modules())
         self.clean_values: dict[fx.Node, Any] = {}
         self._padded: dict[tuple, torch.Tensor] = {}
+        self.work = [0.0, 0.0]  # the last batch's work: incremental, and the same batch in full (see _count)
 
     # --- the clean run -------------------------------------------------------------------------------
 
@@ -242,18 +245,37 @@ class Incremental:
         of channel ``unit`` per position (float64), when a unit is asked for."""
         env: dict[fx.Node, Any] = {}
         total = None
+        self.work = [0.0, 0.0]
         for node in self.nodes:
             if node.op == "placeholder":
                 value: Any = Region(crops, y, x, self.clean_values[node])
             elif node.op == "output":
-                out = fx.node.map_arg(node.args[0], lambda n: _materialized(env[n]))
+                out = fx.node.map_arg(node.args[0], lambda n: _materialized(env[n], self.work))
                 return out, total
             else:
                 value = self._step(node, env)
+                self._count(node, value, len(y))
             env[node] = value
             if node is self.watch and unit is not None:
                 total = _unit_total(value, unit, len(y))
         raise RuntimeError("the traced graph has no output")
+
+    def _count(self, node: fx.Node, value: Any, count: int) -> None:
+        """Add the node's work to ``self.work`` = [this batch incrementally, the same batch in full]: output
+        elements, weighted by multiply-adds per element for convolutions (a multiply-add costs about
+        1/_MAC_PER_ELEMENT of writing an element); gathers and pastes are counted where they happen."""
+        clean = self.clean_values.get(node)
+        if not isinstance(value, (Region, Full)) or not isinstance(clean, torch.Tensor):
+            return
+        module = self.modules.get(node.target) if node.op == "call_module" else None
+        weight = 1.0
+        if isinstance(module, nn.Conv2d):
+            weight += module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1] \
+                / _MAC_PER_ELEMENT
+        full = count * clean.numel()
+        done = value.data.numel() if isinstance(value, Region) else full
+        self.work[0] += weight * done
+        self.work[1] += weight * full
 
     def _step(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
         inputs = [n for n in node.all_input_nodes if isinstance(env[n], (Region, Full))]
@@ -268,8 +290,8 @@ class Incremental:
             done = self._local(node, module, env, inputs)
             if done is not None:
                 return done
-        args = fx.node.map_arg(node.args, lambda n: _materialized(env[n]))
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: _materialized(env[n]))
+        args = fx.node.map_arg(node.args, lambda n: _materialized(env[n], self.work))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: _materialized(env[n], self.work))
         return Full(self._call(node, args, kwargs))
 
     def _local(self, node: fx.Node, module: nn.Module | None, env: dict, inputs: list[fx.Node]) -> Region | None:
@@ -303,10 +325,11 @@ class Incremental:
         (oy, oh), (ox, ow) = sides
         if kind == "conv" and (kh, kw) == (1, 1) and (ph, pw) == (0, 0) and g["module"].groups == 1:
             context = _read(region, oy * sh, ox * sw, (oh - 1) * sh + 1, (ow - 1) * sw + 1, 0.0, self._padded,
-                            node)[:, :, ::sh, ::sw]
+                            node, self.work)[:, :, ::sh, ::sw]
             return Region(_pointwise_conv(context, g["module"], tuple(clean_out.shape[-2:])), oy, ox, clean_out)
         context = _read(region, oy * sh - ph, ox * sw - pw, (oh - 1) * sh + (kh - 1) * dh + 1,
-                        (ow - 1) * sw + (kw - 1) * dw + 1, -math.inf if kind == "max" else 0.0, self._padded, node)
+                        (ow - 1) * sw + (kw - 1) * dw + 1, -math.inf if kind == "max" else 0.0, self._padded, node,
+                        self.work)
         if kind == "conv":
             m = g["module"]
             out = F.conv2d(context, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
@@ -323,7 +346,8 @@ class Incremental:
             if isinstance(other, torch.Tensor) and other.dim() >= 2 and tuple(other.shape[-2:]) != (1, 1):
                 return None  # a constant that varies over the map would have to be cropped too
         y, x, h, w = self._union(regions)
-        args = [_read(v, y, x, h, w, None, self._padded, node) if isinstance(v, Region) else v for v in (a, b)]
+        args = [_read(v, y, x, h, w, None, self._padded, node, self.work) if isinstance(v, Region) else v
+                for v in (a, b)]
         if node.op == "call_method":
             value = getattr(args[0], node.target.rstrip("_"))(args[1])
         else:
@@ -339,7 +363,7 @@ class Incremental:
         if not all(isinstance(v, Region) for v in values):
             return None
         y, x, h, w = self._union(values)
-        parts = [_read(v, y, x, h, w, None, self._padded, node) for v in values]
+        parts = [_read(v, y, x, h, w, None, self._padded, node, self.work) for v in values]
         return Region(torch.cat(parts, 1), y, x, self.clean_values[node])
 
     def _union(self, regions: list[Region]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -391,7 +415,7 @@ def _is_binary(node: fx.Node) -> bool:
 
 
 def _read(value: Region, y: torch.Tensor, x: torch.Tensor, h: int, w: int, pad: float | None,
-          cache: dict, node: fx.Node) -> torch.Tensor:
+          cache: dict, node: fx.Node | None, work: list[float] | None = None) -> torch.Tensor:
     """P×C×h×w: the rectangles at rows ``y``, columns ``x`` of ``value``'s map (clean values with its own
     rectangles pasted in; ``pad`` around the map, where a window reaches beyond it)."""
     if value.size == (h, w) and torch.equal(value.y, y) and torch.equal(value.x, x):
@@ -407,6 +431,8 @@ def _read(value: Region, y: torch.Tensor, x: torch.Tensor, h: int, w: int, pad: 
             else clean
         cache[key] = source
     count, channels = len(y), clean.shape[0]
+    if work is not None:  # a gather and a paste, and the dozen small operations around them
+        work[0] += 2.0 * count * channels * h * w + _OPERATION
     full_width = source.shape[-1]
     rows = (y + top)[:, None] + torch.arange(h, device=y.device)  # P×h, in the padded map
     cols = (x + left)[:, None] + torch.arange(w, device=x.device)
@@ -451,7 +477,7 @@ def _pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, shape: tuple[int, int]) ->
     return out.reshape(-1, count, h, w).transpose(0, 1).contiguous()
 
 
-def _materialized(value: Any) -> Any:
+def _materialized(value: Any, work: list[float] | None = None) -> Any:
     """A Region as its P full maps; other values as they are."""
     if isinstance(value, Full):
         return value.data
@@ -459,7 +485,7 @@ def _materialized(value: Any) -> Any:
         return value
     height, width = value.clean.shape[-2:]
     zeros = torch.zeros_like(value.y)
-    return _read(value, zeros, zeros, height, width, None, {}, None)
+    return _read(value, zeros, zeros, height, width, None, {}, None, work)
 
 
 def _unit_total(value: Any, unit: int, count: int) -> torch.Tensor:
