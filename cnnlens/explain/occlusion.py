@@ -181,13 +181,12 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
             units = totals.argmax(1) if unit is None else torch.full((len(batch.x),), unit, device=totals.device)
             clean = _values(objective, Context(batch.x, cap.activations, logits))
 
-            approximate = tau is not None or quality is not None
-            engine = True if approximate and incremental == "auto" else incremental  # approximations need it
-
             def make_run(tau: float | None, steps: Steps | None = None, refine: float | None = None) -> _Run:
-                """A run for this image batch; calibration runs report no progress but honour ``cancel``."""
+                """A run for this image batch; calibration runs report no progress but honour ``cancel``. A capped
+                run uses the engine wherever it can: approximations exist only there."""
+                mode = True if tau is not None and incremental == "auto" else incremental
                 return _Run(s, cap, batch.x, objective, info.name, units, mask_size, mask_value, batch_size,
-                            steps or Steps(1, None, cancel), logits, engine, tau, refine)
+                            steps or Steps(1, None, cancel), logits, mode, tau, refine)
 
             calibration: dict[str, Any] = {}
             if quality is not None and tau is None and incremental is not False:
