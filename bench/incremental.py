@@ -37,49 +37,10 @@ from cnnlens.explain.occlusion import _grid_ssim, positions
 MASK, STRIDE = 16, 4
 
 
-CACHE = Path(__file__).parent / ".cache"
-
-
-def shapes_at_224(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The default data set's images, upsampled to 224 px (bilinear), with their labels."""
-    data = cl.zoo.ShapesDataset(n, seed=seed)
-    return torch.nn.functional.interpolate(data.images, size=224, mode="bilinear", align_corners=False), data.labels
-
-
-def trained_resnet18() -> torch.nn.Module:
-    """resnet18 trained here on the shapes data at 224 px (two epochs of 2,000 images, Adam; cached in
-    bench/.cache): random weights give diffuse occlusion maps, on which no approximation keeps its structure,
-    so the approximations are also measured on a network that has learned something."""
-    path = CACHE / "resnet18_shapes224.pt"
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None, num_classes=len(cl.zoo.CLASSES))
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    images, labels = shapes_at_224(2000, seed=11)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(2):
-        order = torch.randperm(len(labels))
-        for start in range(0, len(labels), 32):
-            batch = order[start:start + 32]
-            loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    CACHE.mkdir(exist_ok=True)
-    torch.save(model.state_dict(), path)
-    return model
-
-
 def model_and_image(name: str) -> tuple[torch.nn.Module, torch.Tensor, int]:
     if name == "default":
         model, data = cl.zoo.shapes()
         return model, data.images[5], int(data.labels[5])
-    if name == "resnet18 (trained)":
-        images, labels = shapes_at_224(8, seed=12)
-        return trained_resnet18(), images[5], int(labels[5])
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).eval()
     return model, torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0)), 3
@@ -171,7 +132,7 @@ def approximate(name: str, stride: int) -> list[tuple]:
 def approximate_table() -> list[str]:
     lines = ["## Approximate: projective-field cap `tau`, drill-down `refine`, and `quality=0.9`", "",
              "| model | setting | speedup over exact incremental | SSIM of the grid vs exact |", "|---|---|---:|---:|"]
-    for name, stride in (("default", 2), ("resnet18", 8), ("resnet18 (trained)", STRIDE)):
+    for name, stride in (("default", 2), ("resnet18", 8)):
         for label, speedup, ssim in approximate(name, stride):
             lines.append(f"| {name} (stride {stride}) | {label} | {speedup:.2f} | {ssim:.3f} |")
             print(lines[-1], flush=True)
