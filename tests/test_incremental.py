@@ -62,6 +62,18 @@ def test_torchvision_architectures_at_224_give_the_full_maps(name):
     _assert_same_maps(fast, full)
 
 
+@pytest.mark.parametrize(("name", "mask_size", "stride", "mask_value"),
+                         [("resnet18", 23, 37, "blur"), ("alexnet", 31, 41, "mean"), ("vgg16", 9, 71, 0.0)])
+def test_other_masks_and_strides_at_224_give_the_full_maps(name, mask_size, stride, mask_value):
+    """Odd mask sizes and strides (positions not aligned with any layer's stride), other fills."""
+    model = random_model(name)
+    x = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(2))
+    fast = cl.occlusion(model, x, 5, mask_size=mask_size, stride=stride, mask_value=mask_value, incremental=True)
+    full = cl.occlusion(model, x, 5, mask_size=mask_size, stride=stride, mask_value=mask_value, incremental=False)
+    assert fast.params["inference"] == "incremental"
+    _assert_same_maps(fast, full)
+
+
 def test_an_untraceable_model_runs_in_full():
     class Branchy(torch.nn.Module):  # data-dependent control flow: torch.fx cannot trace it
         def __init__(self):
