@@ -41,22 +41,27 @@ def _ranked(values: torch.Tensor, k: int, descending: bool) -> list[int]:
     return order[:k]
 
 
+def _assert_unit_lists(scan, brute: dict, k: int) -> None:
+    """Every unit's top and bottom ``k``: the brute-force order (ties by index), values and first positions."""
+    for name in scan.layers:
+        values, positions = brute[name]
+        width = scan.grid(name)[1]
+        for unit in range(values.shape[1]):
+            top, bottom = scan.top(name, unit), scan.bottom(name, unit)
+            assert [h.index for h in top] == _ranked(values[:, unit].double(), k, True), (name, unit)
+            assert [h.index for h in bottom] == _ranked(values[:, unit].double(), k, False), (name, unit)
+            for hit in top + bottom:
+                assert hit.value == pytest.approx(float(values[hit.index, unit]), abs=1e-6)
+                assert hit.y * width + hit.x == int(positions[hit.index, unit]), (name, unit)
+
+
 def test_the_scan_equals_a_brute_force_top_k(shapes):
     model, data = shapes
     images, labels = data.images, data.labels
     scan = cl.scan(model, data, LAYERS, k=5, batch_size=48)
     assert scan.layers == LAYERS and scan.count == len(images)
     brute, probs = _brute_force(model, images, LAYERS)
-    for name in LAYERS:
-        values, positions = brute[name]
-        width = scan.grid(name)[1]
-        for unit in range(values.shape[1]):
-            top, bottom = scan.top(name, unit), scan.bottom(name, unit)
-            assert [h.index for h in top] == _ranked(values[:, unit].double(), 5, True), (name, unit)
-            assert [h.index for h in bottom] == _ranked(values[:, unit].double(), 5, False), (name, unit)
-            for hit in top + bottom:
-                assert hit.value == pytest.approx(float(values[hit.index, unit]), abs=1e-6)
-                assert hit.y * width + hit.x == int(positions[hit.index, unit])
+    _assert_unit_lists(scan, brute, 5)
     predictions = probs.argmax(1)
     for c in range(probs.shape[1]):
         assert [h.index for h in scan.class_top(c)] == _ranked(probs[:, c], 5, True)
@@ -76,15 +81,7 @@ def test_every_default_layer_equals_the_brute_force_top_k(shapes):
     model, data = shapes
     scan = cl.scan(model, data, k=3, batch_size=32)
     assert len(scan.layers) == 26
-    brute, _ = _brute_force(model, data.images, scan.layers)
-    for name in scan.layers:
-        values, positions = brute[name]
-        width = scan.grid(name)[1]
-        for unit in range(values.shape[1]):
-            top, bottom = scan.top(name, unit), scan.bottom(name, unit)
-            assert [h.index for h in top] == _ranked(values[:, unit].double(), 3, True), (name, unit)
-            assert [h.index for h in bottom] == _ranked(values[:, unit].double(), 3, False), (name, unit)
-            assert all(h.y * width + h.x == int(positions[h.index, unit]) for h in top + bottom), (name, unit)
+    _assert_unit_lists(scan, _brute_force(model, data.images, scan.layers)[0], 3)
 
 
 def test_ties_are_broken_by_the_lower_index():
