@@ -192,8 +192,8 @@ def _window_geometry(node: fx.Node, module: nn.Module | None) -> tuple[str, dict
 class Incremental:
     """Runs a traced network on P occluded copies of one image, recomputing only what the mask changes.
 
-    ``clean(image)`` runs the clean image once; ``run(starts, fill_crops)`` then gives the logits (and the
-    per-position total of ``unit`` in the watched layer) for a batch of mask positions.
+    ``clean(x)`` runs the clean image once; ``run(y, x, crops, unit)`` then gives the network's output (and
+    the per-position total of ``unit`` in the watched layer) for a batch of mask positions.
     """
 
     def __init__(self, net: nn.Module, graph: fx.Graph, watch: fx.Node | None, tau: float | None = None):
@@ -221,7 +221,8 @@ class Incremental:
                 value = self._call(node, fx.node.map_arg(node.args, lambda n: env[n]),
                                    fx.node.map_arg(node.kwargs, lambda n: env[n]))
             env[node] = value
-            self.clean_values[node] = value.clone() if isinstance(value, torch.Tensor) else value
+            copy = isinstance(value, torch.Tensor) and node.op != "get_attr"  # weights are never changed
+            self.clean_values[node] = value.clone() if copy else value
         raise RuntimeError("the traced graph has no output")
 
     def _call(self, node: fx.Node, args: Any, kwargs: Any) -> Any:
