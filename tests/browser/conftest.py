@@ -166,19 +166,24 @@ class Notebook:
         return path
 
 
+def run_notebook(lab, browser, name: str, cells: list[str], width: int = 1500, height: int = 1100,
+                 **page_options) -> Notebook:
+    """Write a notebook of ``cells``, open it in a new page of that size and run it (close its ``page`` after)."""
+    url, root, _ = lab
+    write_notebook(root, name, cells)
+    notebook = Notebook(browser.new_page(viewport={"width": width, "height": height}, **page_options), url, name)
+    notebook.run_all()
+    return notebook
+
+
 @pytest.fixture
 def open_notebook(lab, browser):
-    url, root, _ = lab
-    pages = []
+    notebooks = []
 
     def opener(name: str, cells: list[str]) -> Notebook:
-        write_notebook(root, name, cells)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        pages.append(page)
-        notebook = Notebook(page, url, name)
-        notebook.run_all()
-        return notebook
+        notebooks.append(run_notebook(lab, browser, name, cells))
+        return notebooks[-1]
 
     yield opener
-    for page in pages:
-        page.close()
+    for notebook in notebooks:
+        notebook.page.close()

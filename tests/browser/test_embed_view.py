@@ -10,8 +10,8 @@ import pytest
 
 from cnnlens.zoo import CLASSES
 
-from .conftest import Notebook, write_notebook
-from .test_lens_in_jupyterlab import CANVAS, choose
+from .conftest import Notebook, run_notebook
+from .test_lens_in_jupyterlab import CANVAS, choose, pixels_changed
 
 TIMEOUT = 120_000
 # A model that predicts "circle" too often (its bias raised), so colouring by prediction differs visibly.
@@ -51,13 +51,9 @@ TIP_SPREAD = """el => { const c = el.querySelector('canvas.cl-tip-image');
 
 @pytest.fixture(scope="module")
 def embedding(lab, browser):
-    url, root, _ = lab
-    write_notebook(root, "embedding.ipynb", [SETUP])
-    page = browser.new_page(viewport={"width": 1300, "height": 1000})
-    notebook = Notebook(page, url, "embedding.ipynb")
-    notebook.run_all()
+    notebook = run_notebook(lab, browser, "embedding.ipynb", [SETUP], width=1300, height=1000)
     yield notebook
-    page.close()
+    notebook.page.close()
 
 
 def scatter(page):
@@ -74,8 +70,7 @@ def settled(page, panel) -> None:
 def changed(page, panel, act) -> None:
     before = panel.evaluate(CANVAS)
     act()
-    page.wait_for_function("([el, p]) => el.querySelector('canvas.cl-canvas').toDataURL() !== p",
-                           arg=[panel.element_handle(), before], timeout=TIMEOUT)
+    pixels_changed(page, panel, before, TIMEOUT)
     settled(page, panel)
     assert panel.evaluate(CANVAS) != before
 
@@ -112,8 +107,7 @@ def test_scatter_hover_click_and_controls(embedding: Notebook):
     page.wait_for_function("i => [...document.querySelectorAll('.widget-readout')].some(r => r.textContent === i)",
                            arg=image, timeout=10_000)
     assert readout(page, "image") == image
-    page.wait_for_function("([el, p]) => el.querySelector('canvas.cl-canvas').toDataURL() !== p",
-                           arg=[panel.element_handle(), before], timeout=10_000)
+    pixels_changed(page, panel, before, 10_000)
 
     changed(page, panel, lambda: page.locator(".widget-toggle-button", has_text="prediction").click())
     assert panel.evaluate(COLOURS) >= 2

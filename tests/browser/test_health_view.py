@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Notebook, write_notebook
+from .conftest import Notebook, run_notebook
 from .test_lens_in_jupyterlab import CANVAS, choose, render_count, set_slider, visible_panels
 
 PLANT = """\
@@ -32,13 +32,10 @@ TILE_W, TILE_H, COLS = 45 + 1, 57 + 1, 4  # a 3×3 kernel's tile with its frames
 
 @pytest.fixture(scope="module")
 def health(lab, browser):
-    url, root, _ = lab
-    write_notebook(root, "health.ipynb", [PLANT + "view = cl.widgets.FilterHealthView(sick, data)\nview"])
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
-    notebook = Notebook(page, url, "health.ipynb")
-    notebook.run_all()
+    cells = [PLANT + "view = cl.widgets.FilterHealthView(sick, data)\nview"]
+    notebook = run_notebook(lab, browser, "health.ipynb", cells)
     yield notebook
-    page.close()
+    notebook.page.close()
 
 
 def settled(page, panel, before: int = 0) -> None:

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Notebook, write_notebook
+from .conftest import Notebook, run_notebook
 
 CANVAS = "el => { const c = el.querySelector('canvas.cl-canvas'); return c && !c.hidden ? c.toDataURL() : '' }"
 
 
 @pytest.fixture(scope="module")
 def demo(lab, browser):
-    url, root, _ = lab
-    write_notebook(root, "demo.ipynb", ["import cnnlens as cl\nlens = cl.demo()\nlens"])
-    page = browser.new_page(viewport={"width": 1500, "height": 1200})
-    notebook = Notebook(page, url, "demo.ipynb")
-    notebook.run_all()
+    notebook = run_notebook(lab, browser, "demo.ipynb", ["import cnnlens as cl\nlens = cl.demo()\nlens"], height=1200)
     yield notebook
-    page.close()
+    notebook.page.close()
+
+
+def pixels_changed(page, panel, before: str, timeout: float = 60_000) -> None:
+    """Wait until ``panel``'s canvas shows other pixels than ``before`` (a CANVAS reading)."""
+    page.wait_for_function(f"([el, p]) => ({CANVAS})(el) !== p", arg=[panel.element_handle(), before],
+                           timeout=timeout)
+
+
+def redrawn(page, panel, act, timeout: float = 60_000) -> None:
+    """Run ``act`` and wait until ``panel``'s pixels change."""
+    before = panel.evaluate(CANVAS)
+    act()
+    pixels_changed(page, panel, before, timeout)
 
 
 def visible_panels(page):
@@ -119,8 +128,7 @@ def test_attribution_controls_change_the_drawing(demo: Notebook):
                    lambda: page.locator(".widget-checkbox:visible:has-text('signed') input").click()):
         before_pixels = panel.evaluate(CANVAS)
         change()
-        page.wait_for_function("([el, p]) => el.querySelector('canvas').toDataURL() !== p",
-                               arg=[panel.element_handle(), before_pixels])
+        pixels_changed(page, panel, before_pixels, 30_000)
     assert panel.locator(".cl-title").text_content().startswith("Integrated Gradients")
     assert panel.evaluate("el => el.dataset.results") == published  # no kernel result arrived meanwhile
     assert render_count(panel) - computed == 3  # three redraws in the page

@@ -4,7 +4,7 @@ running, each control changes the pixels, and a failed record shows its error ab
 from __future__ import annotations
 
 from .conftest import Notebook
-from .test_lens_in_jupyterlab import CANVAS, choose, set_slider, visible_panels
+from .test_lens_in_jupyterlab import CANVAS, choose, redrawn, set_slider, visible_panels
 from .test_synthesis_views import SPREAD
 
 TILE = 64 + 1  # a tile and its 1 px gap, in canvas pixels
@@ -51,14 +51,6 @@ RUN_LAST = """async (code) => {
 
 def columns(panel) -> int:
     return int(panel.evaluate("el => el.querySelector('canvas.cl-canvas').width")) // TILE
-
-
-def redrawn(page, panel, act) -> None:
-    """Run ``act`` and wait until ``panel``'s pixels change."""
-    before = panel.evaluate(CANVAS)
-    act()
-    page.wait_for_function("([el, p]) => el.querySelector('canvas.cl-canvas').toDataURL() !== p",
-                           arg=[panel.element_handle(), before], timeout=60_000)
 
 
 def test_timeline_grows_live_controls_redraw_and_errors_show(open_notebook):

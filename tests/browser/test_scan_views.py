@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from .conftest import Notebook
-from .test_lens_in_jupyterlab import CANVAS, choose, set_slider, visible_panels
+from .test_lens_in_jupyterlab import CANVAS, choose, redrawn, set_slider, visible_panels
 from .test_synthesis_views import SPREAD
 
 SETUP = """import ipywidgets as W
@@ -27,14 +27,6 @@ READOUT = """v => [...document.querySelectorAll('.widget-slider')].some(s => s.o
     && s.querySelector('.widget-readout')?.textContent.trim() === v)"""
 SETTLED = """n => { const ps = [...document.querySelectorAll('.cnnlens-panel')].filter(p => p.offsetParent);
     return ps.length >= n && ps.every(p => +(p.dataset.renderCount || 0) >= 1 && p.dataset.status === 'idle'); }"""
-
-
-def redrawn(page, panel, act, timeout: float = 60_000) -> None:
-    """Run ``act`` and wait until ``panel``'s pixels change."""
-    before = panel.evaluate(CANVAS)
-    act()
-    page.wait_for_function("([el, p]) => el.querySelector('canvas.cl-canvas').toDataURL() !== p",
-                           arg=[panel.element_handle(), before], timeout=timeout)
 
 
 def click_tile(panel, row: int, col: int, rows: int, cols: int) -> None:

@@ -7,8 +7,17 @@ import io
 
 import pytest
 
-from .conftest import Notebook, write_notebook
-from .test_lens_in_jupyterlab import CANVAS, choose, open_tab, render_count, set_slider, visible_panels, wait_title
+from .conftest import Notebook, run_notebook
+from .test_lens_in_jupyterlab import (
+    CANVAS,
+    choose,
+    open_tab,
+    pixels_changed,
+    render_count,
+    set_slider,
+    visible_panels,
+    wait_title,
+)
 
 SYNTH_TIMEOUT = 180_000  # ms: a default job on a loaded 2-core machine
 # the pixel spread of a panel's canvas: a blank or flat image has none
@@ -24,13 +33,10 @@ SETTLED = """() => { const ps = [...document.querySelectorAll('.cnnlens-panel')]
 
 @pytest.fixture(scope="module")
 def lens(lab, browser):
-    url, root, _ = lab
-    write_notebook(root, "synthesis.ipynb", ["import cnnlens as cl\nlens = cl.demo()\nlens"])
-    page = browser.new_page(viewport={"width": 1500, "height": 1200}, accept_downloads=True)
-    notebook = Notebook(page, url, "synthesis.ipynb")
-    notebook.run_all()
+    notebook = run_notebook(lab, browser, "synthesis.ipynb", ["import cnnlens as cl\nlens = cl.demo()\nlens"],
+                            height=1200, accept_downloads=True)
     yield notebook
-    page.close()
+    notebook.page.close()
 
 
 def settled(page, timeout: float = SYNTH_TIMEOUT) -> None:
@@ -42,8 +48,7 @@ def changed(page, panel, act, timeout: float = SYNTH_TIMEOUT) -> None:
     """Run ``act`` and wait until ``panel`` settles on pixels other than before."""
     before = panel.evaluate(CANVAS)
     act()
-    page.wait_for_function("([el, p]) => el.querySelector('canvas.cl-canvas').toDataURL() !== p",
-                           arg=[panel.element_handle(), before], timeout=timeout)
+    pixels_changed(page, panel, before, timeout)
     settled(page, timeout)
     assert panel.evaluate(CANVAS) != before
 
