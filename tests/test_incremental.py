@@ -11,7 +11,7 @@ import torch
 import cnnlens as cl
 from cnnlens.explain import incremental as engine_module
 
-from .conftest import random_model
+from .conftest import assert_unchanged, random_model, snapshot
 
 MAPS = ("unit_map", "drop_map", "log_map", "mean_map")
 
@@ -205,3 +205,22 @@ def test_tracing_leaves_forwards_in_other_threads_alone():
         thread.join()
     assert sizes == {reference}  # nothing from the other thread's forwards
     assert not errors and runs[0] > 0
+
+
+def test_the_engine_leaves_a_model_mid_training_untouched_also_when_cancelled():
+    """Train mode, gradients, a user's hook and the RNG stay as they were: after exact, capped, drilled and
+    quality runs, and after a run cancelled halfway through."""
+    model = cl.zoo.shapes_model().train()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    model(x).sum().backward()  # .grad tensors exist, as in a training loop
+    seen = []
+    model.stage2.register_forward_hook(lambda *_: seen.append(1))
+    before, rng = snapshot(model), torch.get_rng_state()
+    for options in ({"incremental": True}, {"tau": 0.5}, {"refine": 0.3}, {"quality": 0.9}):
+        cl.occlusion(model, x[0], 1, mask_size=16, stride=4, **options)
+    token = cl.CancelToken()
+    with pytest.raises(cl.Cancelled):
+        cl.occlusion(model, x, 1, mask_size=8, stride=2, incremental=True, batch_size=16,
+                     progress=lambda done, total: token.cancel() if done > 40 else None, cancel=token)
+    assert_unchanged(model, before)
+    assert torch.equal(torch.get_rng_state(), rng) and not seen  # the user's hook never saw cnnlens' forwards
