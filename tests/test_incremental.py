@@ -134,19 +134,34 @@ def test_tau_caps_the_recomputed_field_and_one_is_exact(default):
     assert torch.corrcoef(torch.stack([drop.flatten(), approx.flatten()]))[0, 1] > 0.8
 
 
-def test_quality_picks_a_cap_from_a_calibration_on_this_image(default):
-    """``quality`` asks for an SSIM against the exact map: the calibration (exact and capped maps on a coarse
-    grid of the same image) picks the cheapest cap that reaches it and reports what it measured."""
+def test_quality_picks_the_drill_down_share_from_sampled_positions(default):
+    """``quality`` asks for an SSIM against the exact map: the calibration computes the coarse grid and a sample
+    of the other positions exactly, picks the smallest drill-down share whose expected SSIM reaches the ask
+    (with a margin), and reports it; where interpolation strays too far, the run goes on to the exact map."""
+    from cnnlens.explain.occlusion import _SHARES, _grid_ssim
     model, data = default
-    x, label = data.images[5], int(data.labels[5])
+    smooth = 9  # a held-out image whose map interpolates well
+    x, label = data.images[smooth], int(data.labels[smooth])
     exact = cl.occlusion(model, x, label, mask_size=16, stride=2)
     fast = cl.occlusion(model, x, label, mask_size=16, stride=2, quality=0.9)
-    assert fast.params["tau"] is not None and fast.params["ssim"] >= 0.9
-    assert fast.params["calibration_stride"] % 2 == 0 and fast.params["calibration_stride"] > 2
-    from cnnlens.explain.occlusion import _grid_ssim
-    assert _grid_ssim(fast.raw.numpy(), exact.raw.numpy()) >= 0.85  # on the fine grid too, near the ask
+    assert fast.params["calibration"] == "refine from sampled positions" and fast.params["refine"] in _SHARES
+    assert fast.params["refine"] <= 0.3 and fast.params["ssim"] >= 0.95
+    assert _grid_ssim(fast.raw.numpy(), exact.raw.numpy()) >= 0.9  # on the whole grid, against the exact map
+    assert not torch.equal(fast.raw, exact.raw)  # an approximation...
+    span = float(exact.raw.max() - exact.raw.min())  # (batches of other positions may move the last bits)
+    torch.testing.assert_close(fast.raw[::4, ::4], exact.raw[::4, ::4], rtol=0, atol=1e-6 * span)  # ...exact
+    # where computed
+    again = cl.occlusion(model, x, label, mask_size=16, stride=2, quality=0.9)
+    assert torch.equal(again.raw, fast.raw) and again.params == fast.params  # the calibration is deterministic
     strict = cl.occlusion(model, x, label, mask_size=16, stride=2, quality=0.999)
-    assert strict.params["tau"] is None or strict.params["ssim"] >= 0.999
+    assert strict.params["refine"] is None and strict.params["calibration"] == "exact"
+    torch.testing.assert_close(strict.raw, exact.raw, rtol=0, atol=1e-6 * span)
+    rough = 11  # a held-out image whose map does not interpolate well: the exact map, no claim
+    x, label = data.images[rough], int(data.labels[rough])
+    answer = cl.occlusion(model, x, label, mask_size=16, stride=2, quality=0.9)
+    assert answer.params["refine"] is None and answer.params["ssim"] == 1.0
+    reference = cl.occlusion(model, x, label, mask_size=16, stride=2).raw
+    torch.testing.assert_close(answer.raw, reference, rtol=0, atol=1e-6 * float(reference.max() - reference.min()))
     with pytest.raises(ValueError, match="quality"):
         cl.occlusion(model, x, quality=1.5)
 

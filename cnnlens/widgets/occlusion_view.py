@@ -78,12 +78,12 @@ class OcclusionView(View):
         model = self.model
 
         def job(target, image, progress, cancel, partial):
-            """Coarse maps, then a preview at the final stride (projective fields capped so that the map reaches
-            SSIM 0.9 against the exact one on a calibration grid), then the exact map. Where no cap is needed or
-            none is good enough, the preview is the exact map and the job ends there."""
+            """Coarse maps, then a preview at the final stride (a drill-down whose share is calibrated so that the
+            map is expected to reach SSIM 0.9 against the exact one), then the exact map. Where no share is good
+            enough, the preview is the exact map and the job ends there."""
             preview = occlusion(model, image, target, **params, quality=PREVIEW_QUALITY, progress=progress,
                                 cancel=cancel, partial=lambda result: partial((image, result)))
-            if preview.params["tau"] is None:
+            if preview.params["refine"] is None:
                 return image, preview
             partial((image, preview))
             return image, occlusion(model, image, target, **params, progress=progress, cancel=cancel)
@@ -91,8 +91,8 @@ class OcclusionView(View):
         def draw(target, outcome):
             image, result = outcome
             names = class_names(model, len(self.target.options))
-            tau = result.params.get("tau")
-            note = f" · preview (SSIM ≈ {result.params['ssim']:.2f})" if tau is not None else ""
+            approximate = result.params.get("refine") is not None
+            note = f" · preview (SSIM ≈ {result.params['ssim']:.2f})" if approximate else ""
             self.prob_panel.show(image, result.map, title=f"P({names[target]}) with the mask here{note}")
             which = "strongest map" if params["unit"] is None else "map"
             self.unit_panel.show(image, result.unit_map,
