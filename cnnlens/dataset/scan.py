@@ -103,6 +103,25 @@ class _Best:
         order = _order_key(v, i).topk(self.values.shape[1], dim=1).indices
         return _Best(v.gather(1, order), i.gather(1, order), e.gather(1, order))
 
+    def merged(self, rows: torch.Tensor, values: torch.Tensor, index: torch.Tensor, extra: torch.Tensor) -> _Best:
+        """:meth:`add` for sparse candidates: ``rows`` (ascending) says which row each of ``values``/``index``/
+        ``extra`` competes in. Only rows with candidates are merged, each against as many columns as its
+        busiest row has candidates, so a batch in which few images can enter costs little."""
+        if len(rows) == 0:
+            return self
+        counts = torch.bincount(rows, minlength=len(self.values))
+        active = counts.nonzero()[:, 0]
+        slot = torch.full((len(self.values),), -1, dtype=torch.int64)
+        slot[active] = torch.arange(len(active))
+        column = torch.arange(len(rows)) - (torch.cumsum(counts, 0) - counts)[rows]
+        shape, where = (len(active), int(counts.max())), (slot[rows], column)
+        v = torch.full(shape, -math.inf, dtype=torch.float64).index_put_(where, values.to(torch.float64))
+        i = torch.full(shape, -1, dtype=torch.int64).index_put_(where, index)
+        e = torch.full(shape, -1, dtype=torch.int64).index_put_(where, extra)
+        part = _Best(self.values[active], self.index[active], self.extra[active]).add(v, i, e)
+        return _Best(self.values.index_copy(0, active, part.values), self.index.index_copy(0, active, part.index),
+                     self.extra.index_copy(0, active, part.extra))
+
 
 _LAST = 2**31 - 1  # the largest image index the order key holds
 
@@ -469,16 +488,24 @@ class _Lists:
         return self.threshold[start:start + n], self.threshold[self.rows + start:self.rows + start + n]
 
     def add(self, values: dict[str, torch.Tensor], found: dict[str, tuple[torch.Tensor, ...]],
-            index: torch.Tensor) -> None:
-        """Merge one batch: per layer its B×U maxima, and (image row, unit, position) of the pairs that may
-        enter (the others cannot, so they need no position)."""
-        tops = torch.cat([values[n].T for n in self.units]).cpu().double()
-        where = torch.full(tops.shape, -1, dtype=torch.int64)
-        images, units, positions = (torch.cat(part).cpu() for part in zip(*(
+            bounds: dict[str, tuple[torch.Tensor, torch.Tensor]], index: torch.Tensor) -> None:
+        """Merge one batch: per layer its B×U maxima, the (top, bottom) bounds its hook used, and (image row,
+        unit, position) of the pairs within them. A pair below a top row's bound (above a bottom row's) cannot
+        enter that row, so only the pairs within the bounds are merged, each into the rows it may enter."""
+        tops = torch.cat([values[n].T for n in self.units])  # R×B, on the model's device
+        upper = torch.cat([bounds[n][0].expand(self.units[n]) for n in self.units])[:, None]
+        lower = torch.cat([bounds[n][1].expand(self.units[n]) for n in self.units])[:, None]
+        where = torch.full(tops.shape, -1, dtype=torch.int64, device=tops.device)
+        images, units, positions = (torch.cat(part) for part in zip(*(
             (found[n][0], found[n][1] + self.offsets[n], found[n][2]) for n in self.units)))
         where[units, images] = positions
-        self.best = self.best.add(torch.cat([tops, -tops]), index.expand(2 * self.rows, -1),
-                                  torch.cat([where, where]))
+        top_rows, top_images = (tops >= upper).nonzero(as_tuple=True)
+        bottom_rows, bottom_images = (tops <= lower).nonzero(as_tuple=True)
+        rows, images = torch.cat([top_rows, bottom_rows]), torch.cat([top_images, bottom_images])
+        signed = torch.cat([tops[top_rows, top_images], -tops[bottom_rows, bottom_images]])
+        offset = torch.cat([torch.zeros_like(top_rows), torch.full_like(bottom_rows, self.rows)])
+        self.best = self.best.merged((rows + offset).cpu(), signed.cpu(), index[images.cpu()],
+                                     where[rows, images].cpu())
         self.threshold = self.best.values[:, -1].float().to(self.sign.device) * self.sign
 
     def layer(self, name: str) -> tuple[_Best, _Best]:
@@ -520,25 +547,26 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
             states[name] = _new_state(grid, units, k, statistics)
         elif states[name].top.values.shape[0] != units:
             raise ValueError(f"layers: {name!r} changed its number of units between batches.")
-        if lists is None and size >= 16 * _BLOCK and size % _BLOCK == 0 and rectified is None:
-            # first batch, large maps: every pair's position, in blocks (about 2k of every B pairs enter)
-            values, positions = _blockwise_max(flat)
-            found = (torch.arange(batch, device=flat.device).repeat_interleave(units),
-                     torch.arange(units, device=flat.device).repeat(batch), positions.flatten())
+        blockwise = size % _BLOCK == 0 and size >= 16 * _BLOCK  # large maps: positions found in blocks
+        every = None  # first batch, large maps: every pair's position at once (about 2k of every B pairs enter)
+        if lists is None and blockwise and rectified is None:
+            values, every = _blockwise_max(flat)
         else:
             values = flat.amax(2) if rectified is None else rectified.clamp(min=0)
-            if lists is not None:
-                top, bottom = lists.bounds(name)
-            elif batch > 2 * k:  # first batch: a pair enters only if among this batch's k best or worst
-                top, bottom = values.kthvalue(batch - k + 1, 0).values, values.kthvalue(k, 0).values
-            else:
-                top, bottom = -math.inf, math.inf  # every pair may enter
-            rows, columns = ((values >= top) | (values <= bottom)).nonzero(as_tuple=True)  # pairs that may enter
+        if lists is not None:
+            top, bottom = lists.bounds(name)
+        elif batch > 2 * k:  # first batch: a pair enters only if among this batch's k best or worst
+            top, bottom = values.kthvalue(batch - k + 1, 0).values, values.kthvalue(k, 0).values
+        else:  # every pair may enter
+            top, bottom = (torch.full((units,), bound, device=flat.device) for bound in (-math.inf, math.inf))
+        rows, columns = ((values >= top) | (values <= bottom)).nonzero(as_tuple=True)  # pairs that may enter
+        if every is not None:
+            positions = every[rows, columns]
+        else:
             entrants = flat[rows, columns]
-            positions = _blockwise_max(entrants[None])[1][0] if size % _BLOCK == 0 and size >= 16 * _BLOCK \
-                else entrants.argmax(1)
-            found = (rows, columns, positions)
-        forward["values"][name], forward["found"][name] = values, found
+            positions = _blockwise_max(entrants[None])[1][0] if blockwise else entrants.argmax(1)
+        forward["values"][name], forward["found"][name] = values, (rows, columns, positions)
+        forward["bounds"][name] = (top, bottom)
         if statistics:
             state = states[name]
             state.sums += flat.float().mean(2).double().sum(0).cpu()
@@ -552,7 +580,7 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
             names = _chosen_layers(s, layers, size)
             hooked = list(names)
         index = torch.tensor(chunk.indices, dtype=torch.int64)
-        forward.update(ran=set(), outputs={}, alias={}, values={}, found={})
+        forward.update(ran=set(), outputs={}, alias={}, values={}, found={}, bounds={})
         with torch.no_grad(), tensor_output_hooks({n: modules[n] for n in hooked}, record):
             logits = _class_scores(s, x)
         missing = [n for n in hooked if n not in forward["ran"]]
@@ -563,7 +591,7 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
             aliases = dict(forward["alias"])
             hooked = [n for n in hooked if n not in aliases]
             lists = _Lists({n: states[n].top.values.shape[0] for n in hooked}, k, x.device)
-        lists.add(forward["values"], forward["found"], index)
+        lists.add(forward["values"], forward["found"], forward["bounds"], index)
         if isinstance(logits, torch.Tensor) and logits.dim() == 2:
             classes = _add_classes(classes, logits.detach(), index, chunk.labels, k)
             class_names = s.spec.classes
