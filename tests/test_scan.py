@@ -97,6 +97,36 @@ def test_ties_are_broken_by_the_lower_index():
             assert tied == sorted(tied) and {1, 3, 4} <= set(tied)
 
 
+def test_a_module_called_twice_counts_its_last_call():
+    """torchvision's BasicBlock calls one ReLU twice (after bn1, after the sum): the layer's output is the last
+    call's, for the lists and the statistics alike, and the scan reduces only that call after the first batch.
+    Images come in reverse order, so later batches hold lower indices (a dead unit's zeros tie)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    cl.configure(model, input_size=32)
+    images = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    layers = ["layer1.0.relu", "layer2.1.relu", "layer1.0"]
+    order = list(range(len(images)))[::-1]
+    scan = cl.scan(model, images, layers, k=4, batch_size=8, statistics=True, indices=order)
+    last: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: last.__setitem__(n, o.detach().clone()))
+               for n in layers]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    _assert_unit_lists(scan, {n: last[n].flatten(2).max(2) for n in layers}, 4)
+    for name in layers:
+        stats = scan.statistics(name)
+        assert torch.allclose(stats.mean, last[name].double().mean((0, 2, 3)), atol=1e-9)
+        assert torch.equal(stats.active_fraction, (last[name].flatten(2).amax(2) > 0).double().mean(0))
+
+
 def test_every_source_gives_the_same_scan(shapes):
     model, data = shapes
     subset = torch.arange(60)

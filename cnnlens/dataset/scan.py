@@ -107,20 +107,27 @@ class _Best:
         """:meth:`add` for sparse candidates: ``rows`` (ascending) says which row each of ``values``/``index``/
         ``extra`` competes in. Only rows with candidates are merged, each against as many columns as its
         busiest row has candidates, so a batch in which few images can enter costs little."""
-        if len(rows) == 0:
-            return self
         counts = torch.bincount(rows, minlength=len(self.values))
-        active = counts.nonzero()[:, 0]
-        slot = torch.full((len(self.values),), -1, dtype=torch.int64)
-        slot[active] = torch.arange(len(active))
         column = torch.arange(len(rows)) - (torch.cumsum(counts, 0) - counts)[rows]
-        shape, where = (len(active), int(counts.max())), (slot[rows], column)
-        v = torch.full(shape, -math.inf, dtype=torch.float64).index_put_(where, values.to(torch.float64))
-        i = torch.full(shape, -1, dtype=torch.int64).index_put_(where, index)
-        e = torch.full(shape, -1, dtype=torch.int64).index_put_(where, extra)
-        part = _Best(self.values[active], self.index[active], self.extra[active]).add(v, i, e)
-        return _Best(self.values.index_copy(0, active, part.values), self.index.index_copy(0, active, part.index),
-                     self.extra.index_copy(0, active, part.extra))
+        best = self
+        k = self.values.shape[1]
+        # rows are merged in two groups by their number of candidates, so that a few rows with many (ties, as
+        # a dead unit's zeros) do not widen every row's merge
+        for group in (counts > 0) & (counts <= 2 * k), counts > 2 * k:
+            active = group.nonzero()[:, 0]
+            if len(active) == 0:
+                continue
+            slot = torch.full((len(self.values),), -1, dtype=torch.int64)
+            slot[active] = torch.arange(len(active))
+            mine = group[rows]
+            shape, where = (len(active), int(counts[active].max())), (slot[rows[mine]], column[mine])
+            v = torch.full(shape, -math.inf, dtype=torch.float64).index_put_(where, values[mine].to(torch.float64))
+            i = torch.full(shape, -1, dtype=torch.int64).index_put_(where, index[mine])
+            e = torch.full(shape, -1, dtype=torch.int64).index_put_(where, extra[mine])
+            part = _Best(best.values[active], best.index[active], best.extra[active]).add(v, i, e)
+            best = _Best(best.values.index_copy(0, active, part.values),
+                         best.index.index_copy(0, active, part.index), best.extra.index_copy(0, active, part.extra))
+        return best
 
 
 _LAST = 2**31 - 1  # the largest image index the order key holds
@@ -465,9 +472,10 @@ class _Lists:
     """Every scanned layer's top and bottom lists as the rows of one :class:`_Best`, merged once per batch.
 
     Rows are [top rows of every layer (U₁ + U₂ + … rows), then their bottom rows (the same order)]; bottom
-    rows hold −value. ``threshold`` holds each row's k-th value, signed, as float32 on the model's device, so
-    the hooks can tell which image–unit pairs may enter (value ≥ the top row's k-th, or ≤ the bottom row's)
-    and find positions only for those. One merge per batch instead of one per layer keeps the per-layer cost
+    rows hold −value. ``threshold`` holds each row's k-th value, signed, as float32 on the model's device, and
+    ``last_index`` that entry's image index, so the hooks can tell which image–unit pairs may enter (beyond
+    the row's k-th, or tied with it at a lower index: a dead unit's zeros on every later image cannot) and
+    find positions only for those. One merge per batch instead of one per layer keeps the per-layer cost
     of the scan to a handful of tensor operations.
     """
 
@@ -481,32 +489,40 @@ class _Lists:
         self.best = _Best.empty(2 * rows, k)
         self.sign = torch.cat([torch.ones(rows), -torch.ones(rows)]).to(device)
         self.threshold = torch.cat([torch.full((rows,), -math.inf), torch.full((rows,), math.inf)]).to(device)
+        self.last_index = torch.full((2 * rows,), _LAST + 1, dtype=torch.int64, device=device)  # k-th's index
 
-    def bounds(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The top and bottom entry thresholds of ``name``'s units (views)."""
+    def entrants(self, name: str, values: torch.Tensor, index: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """B×U masks of the pairs that can enter ``name``'s top and bottom lists: beyond the row's k-th value,
+        or equal to it with a lower image index (``index``: the batch's, on the device), which wins a tie."""
         start, n = self.offsets[name], self.units[name]
-        return self.threshold[start:start + n], self.threshold[self.rows + start:self.rows + start + n]
+        masks = []
+        for first, top in ((start, True), (self.rows + start, False)):
+            bound, last = self.threshold[first:first + n], self.last_index[first:first + n]
+            beyond = values > bound if top else values < bound
+            masks.append(beyond | ((values == bound) & (index[:, None] < last)))
+        return masks[0], masks[1]
 
     def add(self, values: dict[str, torch.Tensor], found: dict[str, tuple[torch.Tensor, ...]],
-            bounds: dict[str, tuple[torch.Tensor, torch.Tensor]], index: torch.Tensor) -> None:
-        """Merge one batch: per layer its B×U maxima, the (top, bottom) bounds its hook used, and (image row,
-        unit, position) of the pairs within them. A pair below a top row's bound (above a bottom row's) cannot
-        enter that row, so only the pairs within the bounds are merged, each into the rows it may enter."""
+            masks: dict[str, tuple[torch.Tensor, torch.Tensor]], index: torch.Tensor) -> None:
+        """Merge one batch: per layer its B×U maxima, the (top, bottom) masks of the pairs its hook found may
+        enter, and (image row, unit, position) of those pairs. The others cannot enter, so only these are
+        merged, each into the rows it may enter."""
         tops = torch.cat([values[n].T for n in self.units])  # R×B, on the model's device
-        upper = torch.cat([bounds[n][0].expand(self.units[n]) for n in self.units])[:, None]
-        lower = torch.cat([bounds[n][1].expand(self.units[n]) for n in self.units])[:, None]
         where = torch.full(tops.shape, -1, dtype=torch.int64, device=tops.device)
         images, units, positions = (torch.cat(part) for part in zip(*(
             (found[n][0], found[n][1] + self.offsets[n], found[n][2]) for n in self.units)))
         where[units, images] = positions
-        top_rows, top_images = (tops >= upper).nonzero(as_tuple=True)
-        bottom_rows, bottom_images = (tops <= lower).nonzero(as_tuple=True)
+        top_rows, top_images = torch.cat([masks[n][0].T for n in self.units]).nonzero(as_tuple=True)
+        bottom_rows, bottom_images = torch.cat([masks[n][1].T for n in self.units]).nonzero(as_tuple=True)
         rows, images = torch.cat([top_rows, bottom_rows]), torch.cat([top_images, bottom_images])
         signed = torch.cat([tops[top_rows, top_images], -tops[bottom_rows, bottom_images]])
         offset = torch.cat([torch.zeros_like(top_rows), torch.full_like(bottom_rows, self.rows)])
         self.best = self.best.merged((rows + offset).cpu(), signed.cpu(), index[images.cpu()],
                                      where[rows, images].cpu())
         self.threshold = self.best.values[:, -1].float().to(self.sign.device) * self.sign
+        last = self.best.index[:, -1]  # an empty slot (index −1) loses every tie: any index may enter
+        self.last_index = torch.where(last < 0, _LAST + 1, last).to(self.sign.device)
 
     def layer(self, name: str) -> tuple[_Best, _Best]:
         start, n = self.offsets[name], self.units[name]
@@ -527,10 +543,16 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
     seen = 0
     size = None
     forward: dict[str, Any] = {}  # this forward's maxima and positions, which layers ran, their outputs
+    skipped: dict[str, int] = {}  # per layer called several times per forward: the calls before its last
 
     def record(name: str, module: torch.nn.Module, output: torch.Tensor) -> None:
-        """Reduce ``output`` while it is intact (a later in-place op may change it)."""
+        """Reduce ``output`` while it is intact (a later in-place op may change it). A module called several
+        times per forward (torchvision's ResNet blocks call one ReLU twice) is the output of its last call:
+        once the first batch has counted the calls, the earlier ones are skipped."""
         forward["ran"].add(name)
+        forward["calls"][name] = call = forward["calls"].get(name, 0) + 1
+        if call <= skipped.get(name, 0):
+            return
         earlier = forward["outputs"].get(id(output))  # (weak reference, version, layer) of an earlier output
         rectified = None  # an in-place ReLU's input maxima: relu(max) is its output's maximum, no pass needed
         if earlier is not None and earlier[0]() is output and earlier[1] == output._version:
@@ -554,24 +576,23 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
         else:
             values = flat.amax(2) if rectified is None else rectified.clamp(min=0)
         if lists is not None:
-            top, bottom = lists.bounds(name)
+            tops, bottoms = lists.entrants(name, values, forward["index"])
         elif batch > 2 * k:  # first batch: a pair enters only if among this batch's k best or worst
-            top, bottom = values.kthvalue(batch - k + 1, 0).values, values.kthvalue(k, 0).values
+            tops = values >= values.kthvalue(batch - k + 1, 0).values
+            bottoms = values <= values.kthvalue(k, 0).values
         else:  # every pair may enter
-            top, bottom = (torch.full((units,), bound, device=flat.device) for bound in (-math.inf, math.inf))
-        rows, columns = ((values >= top) | (values <= bottom)).nonzero(as_tuple=True)  # pairs that may enter
+            tops = bottoms = torch.ones_like(values, dtype=torch.bool)
+        rows, columns = (tops | bottoms).nonzero(as_tuple=True)  # pairs that may enter
         if every is not None:
             positions = every[rows, columns]
         else:
             entrants = flat[rows, columns]
             positions = _blockwise_max(entrants[None])[1][0] if blockwise else entrants.argmax(1)
         forward["values"][name], forward["found"][name] = values, (rows, columns, positions)
-        forward["bounds"][name] = (top, bottom)
-        if statistics:
-            state = states[name]
-            state.sums += flat.float().mean(2).double().sum(0).cpu()
-            state.active += (values > 0).sum(0).cpu()
-            state.histogram += _histogram(flat)
+        forward["masks"][name] = (tops, bottoms)
+        if statistics:  # added once the forward is done: only a module's last call counts
+            forward["statistics"][name] = (flat.float().mean(2).double().sum(0).cpu(), (values > 0).sum(0).cpu(),
+                                           _histogram(flat))
 
     for chunk in chunks:
         x = s.prepare(chunk.images).x
@@ -580,18 +601,31 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
             names = _chosen_layers(s, layers, size)
             hooked = list(names)
         index = torch.tensor(chunk.indices, dtype=torch.int64)
-        forward.update(ran=set(), outputs={}, alias={}, values={}, found={}, bounds={})
-        with torch.no_grad(), tensor_output_hooks({n: modules[n] for n in hooked}, record):
-            logits = _class_scores(s, x)
-        missing = [n for n in hooked if n not in forward["ran"]]
-        if missing:
-            raise ValueError(f"layers: {missing[0]!r} did not run in the forward pass (or its output is not a "
-                             "tensor).")
+        for _attempt in range(2):
+            forward.update(ran=set(), outputs={}, alias={}, values={}, found={}, masks={}, calls={}, statistics={},
+                           index=index.to(x.device))
+            with torch.no_grad(), tensor_output_hooks({n: modules[n] for n in hooked}, record):
+                logits = _class_scores(s, x)
+            missing = [n for n in hooked if n not in forward["ran"]]
+            if missing:
+                raise ValueError(f"layers: {missing[0]!r} did not run in the forward pass (or its output is not a "
+                                 "tensor).")
+            unreduced = [n for n in hooked if n not in forward["values"] and n not in forward["alias"]]
+            if not unreduced:
+                break
+            for name in unreduced:  # called fewer times than on the first batch: reduce every call, again
+                skipped.pop(name)
         if lists is None:  # the first batch fixes the layout; an alias is a copy of its original from now on
             aliases = dict(forward["alias"])
             hooked = [n for n in hooked if n not in aliases]
+            skipped.update((n, calls - 1) for n, calls in forward["calls"].items() if calls > 1 and n in hooked)
             lists = _Lists({n: states[n].top.values.shape[0] for n in hooked}, k, x.device)
-        lists.add(forward["values"], forward["found"], forward["bounds"], index)
+        lists.add(forward["values"], forward["found"], forward["masks"], index)
+        for name, (sums, active, histogram) in forward["statistics"].items():
+            state = states[name]
+            state.sums += sums
+            state.active += active
+            state.histogram += histogram
         if isinstance(logits, torch.Tensor) and logits.dim() == 2:
             classes = _add_classes(classes, logits.detach(), index, chunk.labels, k)
             class_names = s.spec.classes
