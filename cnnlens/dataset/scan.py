@@ -578,8 +578,8 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
         if lists is not None:
             tops, bottoms = lists.entrants(name, values, forward["index"])
         elif batch > 2 * k:  # first batch: a pair enters only if among this batch's k best or worst
-            tops = values >= values.kthvalue(batch - k + 1, 0).values
-            bottoms = values <= values.kthvalue(k, 0).values
+            ranked = values.sort(0).values  # one sort: about half the time of two kthvalue calls
+            tops, bottoms = values >= ranked[batch - k], values <= ranked[k - 1]
         else:  # every pair may enter
             tops = bottoms = torch.ones_like(values, dtype=torch.bool)
         rows, columns = (tops | bottoms).nonzero(as_tuple=True)  # pairs that may enter
