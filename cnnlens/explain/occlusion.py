@@ -130,8 +130,9 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
     recomputed rectangle at that share of its map's side; ``refine`` computes every 4th position per side,
     interpolates, and computes only that share of the positions where the interpolated map strays most;
     ``quality`` (an SSIM in (0, 1)) picks ``refine`` by a calibration on this very image, from the
-    interpolation's errors at a sample of positions computed exactly (see :meth:`_Run.calibrate`), or computes
-    the exact map when no share up to a half is enough; ``params["ssim"]`` is the SSIM the calibration
+    interpolation's errors at a sample of positions computed exactly (see :meth:`_Run.calibrate`; every 4th
+    position per side first, every 2nd where that is not enough), or computes the exact map when no share up
+    to a half is enough; ``params["ssim"]`` is the SSIM the calibration
     expects (1 for the exact map) and ``params["calibration"]`` says which it chose.
     """
     batch_size = None if batch_size is None else positive_int(batch_size, "batch_size")
@@ -294,7 +295,7 @@ class _Run:
         self.clean_log = _log_values(objective, Context(images, {}, logits))
         self.make_engine = _engine_factory(session, layer, objective, tau) if incremental else None
         self.forced = incremental is True  # "auto" keeps the engine only where it is faster
-        self.tau, self.refine = tau, refine
+        self.tau, self.refine, self.drill = tau, refine, _DRILL
         self.engines: dict[int, Incremental] = {}  # per image: its clean activations
         self.checked = False
         # "auto" decides once per model and setting, so that the same call always takes the same path
@@ -392,10 +393,10 @@ class _Run:
         return grids, self.values["label"][:, rows]
 
     def _drilled(self, ys: list[int], xs: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Krypton's adaptive drill-down: every ``_DRILL``-th position per side first, interpolated over the
+        """Krypton's adaptive drill-down: every ``self.drill``-th position per side first, interpolated over the
         grid; then the share ``refine`` of the positions in the coarse cells whose corners differ most (where
         the map changes and interpolation is least trustworthy) computed as well. The rest stay interpolated."""
-        fine_y, fine_x = _drill_indices(len(ys)), _drill_indices(len(xs))
+        fine_y, fine_x = _drill_indices(len(ys), self.drill), _drill_indices(len(xs), self.drill)
         coarse_grids, coarse_labels = self._computed([(ys[i], xs[j]) for i in fine_y for j in fine_x])
         b, shape = len(self.images), (len(ys), len(xs))
         device = self.images.device
@@ -423,37 +424,52 @@ class _Run:
         return grids, labels
 
     def calibrate(self, stride: int, quality: float) -> dict[str, Any]:
-        """Pick ``refine`` for SSIM ``quality`` at this stride, from this image's own errors.
-
-        The drill-down's coarse grid is computed and interpolated, then a sample of the other positions
-        (``_SAMPLE`` of them, evenly spread over the order in which the drill-down would refine them) is computed
-        exactly: their errors tell how far the interpolation strays, by rank. For each share in ``_SHARES`` the
-        map the drill-down would give is scored by the SSIM between it and itself plus noise of those errors'
-        size at the positions left interpolated (the mean of ``_TRIALS`` draws, the worst image); the smallest
-        share that reaches the quality's shortfall halved (``_SHARE_MARGIN``: the estimate is noisy) is kept.
-        Nothing is wasted: the sampled and coarse positions are exact positions of the result. Sets
-        ``self.refine`` (None when no share is enough) and returns what it measured."""
+        """Pick ``refine`` (and the drill-down's grid) for SSIM ``quality`` at this stride, from this image's own
+        errors: every 4th position per side first (:meth:`_estimate`); where no share is enough there, every
+        2nd. Sets ``self.refine`` and ``self.drill`` (``refine`` None when neither is enough: the exact map) and
+        returns what it measured. Nothing is wasted: every position computed is an exact position of the result."""
         h, w = self.images.shape[-2:]
         ys, xs = positions(h, self.mask_size, stride), positions(w, self.mask_size, stride)
-        n = len(ys) * len(xs)
-        fine_y, fine_x = _drill_indices(len(ys)), _drill_indices(len(xs))
-        if len(fine_y) * len(fine_x) * 4 > n:  # too few positions for a drill-down to save anything
-            return {"ssim": 1.0, "calibration": "exact"}
+        sampled = 0
+        for drill in _DRILLS:
+            fine_y, fine_x = _drill_indices(len(ys), drill), _drill_indices(len(xs), drill)
+            if len(ys) * len(xs) < _FEWEST or 2 * len(fine_y) * len(fine_x) > len(ys) * len(xs):
+                break  # few positions, or a grid of half of them: nothing to gain
+            found = self._estimate(ys, xs, fine_y, fine_x, quality)
+            sampled += found.pop("sampled")
+            if self.refine is not None:
+                self.drill = drill
+                return {**found, "drill": drill, "sampled": sampled}
+        return {"ssim": 1.0, "calibration": "exact", "sampled": sampled}
+
+    def _estimate(self, ys: list[int], xs: list[int], fine_y: list[int], fine_x: list[int], quality: float
+                  ) -> dict[str, Any]:
+        """The drill-down over the grid ``fine_y`` × ``fine_x``: that grid is computed and interpolated, then a
+        sample of the positions not computed yet (``_SAMPLE`` of all, evenly spread over the order in which the
+        drill-down would refine them) is computed exactly: their errors tell how far the interpolation strays,
+        by rank. For each share in ``_SHARES`` the map the drill-down would give is scored by the SSIM between
+        it and itself plus noise of those errors' size at the positions left interpolated (the mean of
+        ``_TRIALS`` draws, the worst image); the smallest share that reaches the quality's shortfall halved
+        (``_SHARE_MARGIN``: the estimate is noisy) is kept in ``self.refine``."""
+        n, b, shape = len(ys) * len(xs), len(self.images), (len(ys), len(xs))
         coarse, _ = self._computed([(ys[i], xs[j]) for i in fine_y for j in fine_x])
-        b, shape = len(self.images), (len(ys), len(xs))
         ay, ax = _linear_weights(fine_y, len(ys)), _linear_weights(fine_x, len(xs))
         key = "log" if isinstance(self.objective, Prob) else "target"
         stray = _cell_spread(coarse[key].view(b, len(fine_y), len(fine_x)).double().cpu(), fine_y, fine_x,
                              shape).flatten()
-        known = torch.tensor([(y, x) in self.done for y in ys for x in xs])
+        places = [(y, x) for y in ys for x in xs]
+        known = torch.tensor([p in self.done for p in places])
         order = torch.where(known, -math.inf, stray).argsort(descending=True, stable=True)[:int((~known).sum())]
         count = min(len(order), math.ceil(_SAMPLE * n))
+        if count == 0:
+            return {"ssim": 1.0, "calibration": "exact", "sampled": 0}
         sample = order[((torch.arange(count) + 0.5) * len(order) / count).long()]
         target = coarse["target"].view(b, len(fine_y), len(fine_x)).double().cpu()
         guess = torch.einsum("yc,bcd,xd->byx", ay, target, ax).reshape(b, n)
-        exact, _ = self._computed([(ys[int(i) // shape[1]], xs[int(i) % shape[1]]) for i in sample])
+        exact, _ = self._computed([places[int(i)] for i in sample])
         errors = guess[:, sample] - exact["target"].double().cpu()
-        guess[:, sample] = exact["target"].double().cpu()
+        done = [i for i, p in enumerate(places) if p in self.done]  # exact in the result: exact in the guess
+        guess[:, done] = self.values["target"][:, [self.done[places[i]] for i in done]].double().cpu()
         sampled = torch.zeros(n, dtype=torch.bool)
         sampled[sample] = True
         rest = order[~sampled[order]]  # the positions the drill-down may still refine, in its order
@@ -513,6 +529,8 @@ class _Run:
 
 
 _DRILL = 4  # the drill-down's coarse grid keeps every 4th position per side (and the last)
+_DRILLS = (4, 2)  # grids a quality calibration tries, coarsest first
+_FEWEST = 64  # positions below which a calibration is not worth its cost: the exact map
 _SAMPLE = 0.06  # share of the positions a quality calibration computes to measure the interpolation's errors
 _SHARES = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # drill-down shares it tries, cheapest first
 _SHARE_MARGIN = 0.5  # it asks its estimate for half of the quality's shortfall (measured: the estimate is
@@ -543,8 +561,8 @@ def _noisy_ssim(grid: torch.Tensor, left: torch.Tensor, rank: torch.Tensor, afte
     return float(sum(scores) / len(scores))
 
 
-def _drill_indices(n: int) -> list[int]:
-    return sorted(set(range(0, n, _DRILL)) | {n - 1})
+def _drill_indices(n: int, drill: int = _DRILL) -> list[int]:
+    return sorted(set(range(0, n, drill)) | {n - 1})
 
 
 def _cell_spread(coarse: torch.Tensor, known_y: list[int], known_x: list[int], shape: tuple[int, int]
