@@ -165,8 +165,8 @@ def main() -> None:
              "Measured by `bench/scan.py` (see its docstring for the method); one thread, batch 64.", "",
              "| model, data | raw forwards (s) | scan ÷ raw | scan with statistics ÷ raw | layers scanned |",
              "|---|---:|---:|---:|---:|"]
-    for name, n, label, rounds in (("default", None, "default model, its 500 images (64×64)", 3),
-                                   ("resnet18", 256, "resnet18 (random weights), 256 random images at 128×128", 3),
+    for name, n, label, rounds in (("default", None, "default model, its 500 images (64×64)", 5),
+                                   ("resnet18", 256, "resnet18 (random weights), 256 random images at 128×128", 5),
                                    ("resnet18", 1024, "resnet18 (random weights), 1,024 random images at 128×128",
                                     1)):
         model, data = case(name, n)
