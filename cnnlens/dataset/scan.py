@@ -472,11 +472,11 @@ class _Lists:
     """Every scanned layer's top and bottom lists as the rows of one :class:`_Best`, merged once per batch.
 
     Rows are [top rows of every layer (U₁ + U₂ + … rows), then their bottom rows (the same order)]; bottom
-    rows hold −value. ``threshold`` holds each row's k-th value, signed, as float32 on the model's device, and
-    ``last_index`` that entry's image index, so the hooks can tell which image–unit pairs may enter (beyond
-    the row's k-th, or tied with it at a lower index: a dead unit's zeros on every later image cannot) and
-    find positions only for those. One merge per batch instead of one per layer keeps the per-layer cost
-    of the scan to a handful of tensor operations.
+    rows hold −value. ``threshold`` holds each row's k-th value (as a value: not negated) as float32 on the
+    model's device, and ``last_index`` that entry's image index, so the hooks can tell which image–unit pairs
+    may enter (beyond the row's k-th, or tied with it at a lower index: a dead unit's zeros on every later
+    image cannot) and find positions only for those. One merge per batch instead of one per layer keeps the
+    per-layer cost of the scan to a handful of tensor operations.
     """
 
     def __init__(self, units: dict[str, int], k: int, device: torch.device):
@@ -491,17 +491,21 @@ class _Lists:
         self.threshold = torch.cat([torch.full((rows,), -math.inf), torch.full((rows,), math.inf)]).to(device)
         self.last_index = torch.full((2 * rows,), _LAST + 1, dtype=torch.int64, device=device)  # k-th's index
 
-    def entrants(self, name: str, values: torch.Tensor, index: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """B×U masks of the pairs that can enter ``name``'s top and bottom lists: beyond the row's k-th value,
-        or equal to it with a lower image index (``index``: the batch's, on the device), which wins a tie."""
+    def expect(self, index: torch.Tensor) -> None:
+        """Before a batch (``index``: its image indices, on the device): every row's bound for every image of
+        it, all layers at once. A pair can enter a row if it is beyond the row's k-th value, or equal to it with
+        a lower image index (which wins a tie); for an image with a higher index than the k-th entry's, "beyond"
+        is "at least the next float", so one comparison per list decides (:meth:`entrants`)."""
+        toward = self.sign * math.inf  # beyond: up for top rows, down for bottom rows
+        after = torch.nextafter(self.threshold, toward)
+        self.pair_bounds = torch.where(index[None, :] < self.last_index[:, None], self.threshold[:, None],
+                                       after[:, None])
+
+    def entrants(self, name: str, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B×U masks of the pairs of this batch that can enter ``name``'s top and bottom lists."""
         start, n = self.offsets[name], self.units[name]
-        masks = []
-        for first, top in ((start, True), (self.rows + start, False)):
-            bound, last = self.threshold[first:first + n], self.last_index[first:first + n]
-            beyond = values > bound if top else values < bound
-            masks.append(beyond | ((values == bound) & (index[:, None] < last)))
-        return masks[0], masks[1]
+        bounds = self.pair_bounds
+        return values >= bounds[start:start + n].T, values <= bounds[self.rows + start:self.rows + start + n].T
 
     def add(self, values: dict[str, torch.Tensor], found: dict[str, tuple[torch.Tensor, ...]],
             masks: dict[str, tuple[torch.Tensor, torch.Tensor]], index: torch.Tensor) -> None:
@@ -576,7 +580,7 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
         else:
             values = flat.amax(2) if rectified is None else rectified.clamp(min=0)
         if lists is not None:
-            tops, bottoms = lists.entrants(name, values, forward["index"])
+            tops, bottoms = lists.entrants(name, values)
         elif batch > 2 * k:  # first batch: a pair enters only if among this batch's k best or worst
             ranked = values.sort(0).values  # one sort: about half the time of two kthvalue calls
             tops, bottoms = values >= ranked[batch - k], values <= ranked[k - 1]
@@ -602,8 +606,9 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
             hooked = list(names)
         index = torch.tensor(chunk.indices, dtype=torch.int64)
         for _attempt in range(2):
-            forward.update(ran=set(), outputs={}, alias={}, values={}, found={}, masks={}, calls={}, statistics={},
-                           index=index.to(x.device))
+            forward.update(ran=set(), outputs={}, alias={}, values={}, found={}, masks={}, calls={}, statistics={})
+            if lists is not None:
+                lists.expect(index.to(x.device))
             with torch.no_grad(), tensor_output_hooks({n: modules[n] for n in hooked}, record):
                 logits = _class_scores(s, x)
             missing = [n for n in hooked if n not in forward["ran"]]
