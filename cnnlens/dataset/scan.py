@@ -558,13 +558,14 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
         if call <= skipped.get(name, 0):
             return
         earlier = forward["outputs"].get(id(output))  # (weak reference, version, layer) of an earlier output
-        rectified = None  # an in-place ReLU's input maxima: relu(max) is its output's maximum, no pass needed
+        rectified = source = None  # an in-place ReLU's input: relu(max) is its output's maximum, no pass needed
         if earlier is not None and earlier[0]() is output and earlier[1] == output._version:
             forward["alias"][name] = earlier[2]  # the very tensor, unchanged since: a container's last child
         else:  # (a dead tensor's id may be reused: the weak reference tells them apart)
             if (earlier is not None and earlier[0]() is output and earlier[1] == output._version - 1
                     and type(module) is torch.nn.ReLU and earlier[2] in forward["values"]):
-                rectified = forward["values"][earlier[2]]
+                source = earlier[2]
+                rectified = forward["values"][source]
             forward["outputs"][id(output)] = (weakref.ref(output), output._version, name)
         flat = output.detach().flatten(2) if output.dim() > 2 else output.detach()[:, :, None]
         batch, units, size = flat.shape
@@ -589,9 +590,10 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
         rows, columns = (tops | bottoms).nonzero(as_tuple=True)  # pairs that may enter
         if every is not None:
             positions = every[rows, columns]
+        elif source is not None:
+            positions = _rectified_positions(flat, values, rows, columns, forward["found"][source], blockwise)
         else:
-            entrants = flat[rows, columns]
-            positions = _blockwise_max(entrants[None])[1][0] if blockwise else entrants.argmax(1)
+            positions = _first_maxima(flat[rows, columns], blockwise)
         forward["values"][name], forward["found"][name] = values, (rows, columns, positions)
         forward["masks"][name] = (tops, bottoms)
         if statistics:  # added once the forward is done: only a module's last call counts
@@ -647,6 +649,26 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
 
 
 _BLOCK = 64  # positions of large maps: the maximum of each block of 64 values, then one block's argmax
+
+
+def _first_maxima(maps: torch.Tensor, blockwise: bool) -> torch.Tensor:
+    """The position of each row's first maximum (P×N)."""
+    return _blockwise_max(maps[None])[1][0] if blockwise else maps.argmax(1)
+
+
+def _rectified_positions(flat: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor,
+                         found: tuple[torch.Tensor, ...], blockwise: bool) -> torch.Tensor:
+    """First-maximum positions of an in-place ReLU's pairs, mostly without reading its maps: where the maximum
+    is positive, the ReLU leaves it and everything equal to it where it was, so the first maximum is where its
+    input's was (``found``: the input layer's (row, column, position) this batch); where it is 0 the map is all
+    zeros and the first maximum is position 0. Only positive pairs the input layer did not look at are read."""
+    known = torch.full_like(values, -1, dtype=torch.int64)
+    known[found[0], found[1]] = found[2]
+    positions = torch.where(values[rows, columns] > 0, known[rows, columns], 0)
+    missing = (positions < 0).nonzero()[:, 0]
+    if len(missing):
+        positions[missing] = _first_maxima(flat[rows[missing], columns[missing]], blockwise)
+    return positions
 
 
 def _blockwise_max(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
