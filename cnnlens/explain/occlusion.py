@@ -129,11 +129,11 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
     re-inference), ``True`` always where it can, ``False`` never. Approximations: ``tau`` caps each layer's
     recomputed rectangle at that share of its map's side; ``refine`` computes every 4th position per side,
     interpolates, and computes only that share of the positions where the interpolated map strays most;
-    ``quality`` (an SSIM in (0, 1)) picks ``refine`` by a calibration on this very image, from the
-    interpolation's errors at a sample of positions computed exactly (see :meth:`_Run.calibrate`; every 4th
-    position per side first, every 2nd where that is not enough), or computes the exact map when no share up
-    to a half is enough; ``params["ssim"]`` is the SSIM the calibration
-    expects (1 for the exact map) and ``params["calibration"]`` says which it chose.
+    ``quality`` (an SSIM in (0, 1); ignored when ``refine`` is given) picks ``refine`` by a calibration on
+    this very image, from the interpolation's errors at a sample of positions computed exactly (see
+    :meth:`_Run.calibrate`; every 4th position per side first, every 2nd where that is not enough), or
+    computes the exact map when no share up to a half is enough; ``params["ssim"]`` is the SSIM the
+    calibration expects (1 for the exact map) and ``params["calibration"]`` says which it chose.
     """
     batch_size = None if batch_size is None else positive_int(batch_size, "batch_size")
     if incremental not in (True, False, "auto"):
