@@ -127,6 +127,43 @@ def test_a_module_called_twice_counts_its_last_call():
         assert torch.equal(stats.active_fraction, (last[name].flatten(2).amax(2) > 0).double().mean(0))
 
 
+class _CallsVary(torch.nn.Module):
+    """Calls its ReLU twice on bright batches and once on dark ones (data-dependent control flow)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.act = torch.nn.ReLU()
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.act(self.conv(x))
+        if float(x.mean()) > 0.5:
+            y = self.act(y - 0.1)
+        return self.head(y.mean((2, 3)))
+
+
+def test_a_module_called_fewer_times_on_a_later_batch_is_reduced_anyway():
+    """The scan skips a module's earlier calls once the first batch has counted them; a batch that calls it
+    fewer times is run again with every call reduced, so its lists still hold the last call's maxima."""
+    torch.manual_seed(0)
+    model = _CallsVary().eval()
+    bright = torch.rand(8, 3, 8, 8) * 0.5 + 0.5
+    dark = torch.rand(8, 3, 8, 8) * 0.5
+    images = torch.cat([bright, dark, bright])
+    scan = cl.scan(model, images, ["act"], k=3, batch_size=8)
+    last = []
+    handle = model.act.register_forward_hook(lambda m, i, o: last.append(o.detach().clone()))
+    with torch.no_grad():
+        outputs = [None] * 3
+        for b in range(3):
+            last.clear()
+            model(images[8 * b:8 * b + 8])
+            outputs[b] = last[-1]
+    handle.remove()
+    _assert_unit_lists(scan, {"act": torch.cat(outputs).flatten(2).max(2)}, 3)
+
+
 def test_every_source_gives_the_same_scan(shapes):
     model, data = shapes
     subset = torch.arange(60)
