@@ -154,3 +154,16 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     y = F.conv2d(y, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     y = F.pad(y, (0, 0, pad, pad), mode="reflect")
     return F.conv2d(y, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def map_ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
+    """SSIM of two 2-D maps (scikit-image, a 7-pixel window or the largest odd one that fits); maps too small
+    for a window (a side under 3) get one minus the mean absolute difference, on the same range."""
+    from skimage.metrics import structural_similarity
+
+    side = min(a.shape)
+    if side < 3:
+        return float(1 - np.abs(a - b).mean() / data_range)
+    return float(structural_similarity(a, b, data_range=data_range,
+                                       win_size=min(7, side if side % 2 else side - 1)))
+

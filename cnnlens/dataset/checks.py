@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-from skimage.metrics import structural_similarity
 
+from ..core.images import map_ssim
 from ..core.model import configure, spec_of
 from ..core.progress import Steps
 from ..core.session import look, redone_when_weights_move
@@ -185,10 +185,7 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.abs(a), np.abs(b)
     a = a / a.max() if a.max() > 0 else a
     b = b / b.max() if b.max() > 0 else b
-    side = min(a.shape)
-    if side < 3:  # too small for a window: one minus the mean absolute difference
-        return float(1 - np.abs(a - b).mean())
-    return float(structural_similarity(a, b, data_range=1.0, win_size=min(7, side if side % 2 else side - 1)))
+    return map_ssim(a, b, 1.0)
 
 
 def _compare(original: torch.Tensor, randomized: torch.Tensor) -> tuple[list[float], list[float], list[float]]:

@@ -326,10 +326,10 @@ class Incremental:
         (oy, oh), (ox, ow) = sides
         if kind == "conv" and (kh, kw) == (1, 1) and (ph, pw) == (0, 0) and g["module"].groups == 1:
             context = _read(region, oy * sh, ox * sw, (oh - 1) * sh + 1, (ow - 1) * sw + 1, 0.0, self._padded,
-                            node, self.work)[:, :, ::sh, ::sw]
+                            self.work)[:, :, ::sh, ::sw]
             return Region(_pointwise_conv(context, g["module"], tuple(clean_out.shape[-2:])), oy, ox, clean_out)
         context = _read(region, oy * sh - ph, ox * sw - pw, (oh - 1) * sh + (kh - 1) * dh + 1,
-                        (ow - 1) * sw + (kw - 1) * dw + 1, -math.inf if kind == "max" else 0.0, self._padded, node,
+                        (ow - 1) * sw + (kw - 1) * dw + 1, -math.inf if kind == "max" else 0.0, self._padded,
                         self.work)
         if kind == "conv":
             m = g["module"]
@@ -347,7 +347,7 @@ class Incremental:
             if isinstance(other, torch.Tensor) and other.dim() >= 2 and tuple(other.shape[-2:]) != (1, 1):
                 return None  # a constant that varies over the map would have to be cropped too
         y, x, h, w = self._union(regions)
-        args = [_read(v, y, x, h, w, None, self._padded, node, self.work) if isinstance(v, Region) else v
+        args = [_read(v, y, x, h, w, None, self._padded, self.work) if isinstance(v, Region) else v
                 for v in (a, b)]
         if node.op == "call_method":
             value = getattr(args[0], node.target.rstrip("_"))(args[1])
@@ -364,7 +364,7 @@ class Incremental:
         if not all(isinstance(v, Region) for v in values):
             return None
         y, x, h, w = self._union(values)
-        parts = [_read(v, y, x, h, w, None, self._padded, node, self.work) for v in values]
+        parts = [_read(v, y, x, h, w, None, self._padded, self.work) for v in values]
         return Region(torch.cat(parts, 1), y, x, self.clean_values[node])
 
     def _union(self, regions: list[Region]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -416,7 +416,7 @@ def _is_binary(node: fx.Node) -> bool:
 
 
 def _read(value: Region, y: torch.Tensor, x: torch.Tensor, h: int, w: int, pad: float | None,
-          cache: dict, node: fx.Node | None, work: list[float] | None = None) -> torch.Tensor:
+          cache: dict, work: list[float] | None = None) -> torch.Tensor:
     """P×C×h×w: the rectangles at rows ``y``, columns ``x`` of ``value``'s map (clean values with its own
     rectangles pasted in; ``pad`` around the map, where a window reaches beyond it)."""
     if value.size == (h, w) and torch.equal(value.y, y) and torch.equal(value.x, x):
@@ -486,7 +486,7 @@ def _materialized(value: Any, work: list[float] | None = None) -> Any:
         return value
     height, width = value.clean.shape[-2:]
     zeros = torch.zeros_like(value.y)
-    return _read(value, zeros, zeros, height, width, None, {}, None, work)
+    return _read(value, zeros, zeros, height, width, None, {}, work)
 
 
 def _unit_total(value: Any, unit: int, count: int) -> torch.Tensor:

@@ -41,10 +41,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from skimage.metrics import structural_similarity
 
 from ..core.hooks import capture
-from ..core.images import gaussian_blur
+from ..core.images import gaussian_blur, map_ssim
 from ..core.objectives import Context, Logit, Objective, Prob
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
@@ -184,14 +183,9 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
             units = totals.argmax(1) if unit is None else torch.full((len(batch.x),), unit, device=totals.device)
             clean = _values(objective, Context(batch.x, cap.activations, logits))
 
-            def make_run(tau: float | None, steps: Steps | None = None, refine: float | None = None) -> _Run:
-                """A run for this image batch; calibration runs report no progress but honour ``cancel``. A capped
-                run uses the engine wherever it can: approximations exist only there."""
-                mode = True if tau is not None and incremental == "auto" else incremental
-                return _Run(s, cap, batch.x, objective, info.name, units, mask_size, mask_value, batch_size,
-                            steps or Steps(1, None, cancel), logits, mode, tau, refine)
-
-            run = make_run(tau, steps, refine)
+            mode = True if tau is not None and incremental == "auto" else incremental  # a cap needs the engine
+            run = _Run(s, cap, batch.x, objective, info.name, units, mask_size, mask_value, batch_size, steps,
+                       logits, mode, tau, refine)
             calibration: dict[str, Any] = {}
             if quality is not None and refine is None:  # the drill-down's share where one is enough, else exact
                 calibration = run.calibrate(stride, quality)
@@ -227,10 +221,7 @@ def _grid_ssim(a: Any, b: Any) -> float:
     span = float(b.max() - b.min())
     if span == 0:
         return 1.0 if float(abs(a - b).max()) == 0 else 0.0
-    side = min(b.shape)
-    if side < 3:
-        return float(1 - abs(a - b).mean() / span)
-    return float(structural_similarity(a, b, data_range=span, win_size=min(7, side if side % 2 else side - 1)))
+    return map_ssim(a, b, span)
 
 
 def _passes(size: tuple[int, int], mask_size: int, stride: int) -> list[int]:
@@ -297,6 +288,8 @@ class _Run:
         self.forced = incremental is True  # "auto" keeps the engine only where it is faster
         self.tau, self.refine, self.drill = tau, refine, _DRILL
         self.engines: dict[int, Incremental] = {}  # per image: its clean activations
+        self.fills: dict[int, torch.Tensor] = {}  # per image: what the occluder shows
+        self.net_fills: dict[int, torch.Tensor] = {}  # the same as the network's input
         self.checked = False
         # "auto" decides once per model and setting, so that the same call always takes the same path
         self.decision_key = (tuple(images.shape[1:]), mask_size, batch_size, layer, str(images.device))
@@ -324,8 +317,7 @@ class _Run:
             windows = _windows(chunk, self.mask_size, size)
             parts = {key: [] for key in new}
             for i, image in enumerate(self.images):
-                fill = _fill(self.mask_value, image, self.mask_size, self.s.spec.mean)
-                out, unit_total = self._forward(i, chunk, windows, image, fill)
+                out, unit_total = self._forward(i, chunk, windows, image, self._fill_of(i))
                 ctx = Context(None, self.cap.activations, out)
                 per_image = self.objective.select(i)
                 parts["target"].append(_values(per_image, ctx))
@@ -340,6 +332,12 @@ class _Run:
             self.values[key] = torch.cat([self.values[key], *new[key]], 1)
         self.done.update((p, offset + j) for j, p in enumerate(places))
 
+    def _fill_of(self, i: int) -> torch.Tensor:
+        """What the occluder shows on image ``i`` (made once per run: a blur is not free)."""
+        if i not in self.fills:
+            self.fills[i] = _fill(self.mask_value, self.images[i], self.mask_size, self.s.spec.mean)
+        return self.fills[i]
+
     def _incremental(self, i: int, chunk: torch.Tensor, image: torch.Tensor, fill: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(logits, unit totals) of the occluded images by incremental inference, or None to run them in
@@ -350,7 +348,9 @@ class _Run:
             self.engines[i] = self.make_engine()
             self.engines[i].clean(self.s.net_input(image[None]))
         m = self.mask_size
-        net_fill = self.s.net_input(fill[None])[0]
+        if i not in self.net_fills:
+            self.net_fills[i] = self.s.net_input(fill[None])[0]
+        net_fill = self.net_fills[i]
         rows = chunk[:, :1] + torch.arange(m, device=chunk.device)
         cols = chunk[:, 1:] + torch.arange(m, device=chunk.device)
         crops = net_fill[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
@@ -392,35 +392,46 @@ class _Run:
         grids = {key: self.values[key][:, rows] for key in ("target", "unit", "log")}
         return grids, self.values["label"][:, rows]
 
-    def _drilled(self, ys: list[int], xs: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Krypton's adaptive drill-down: every ``self.drill``-th position per side first, interpolated over the
-        grid; then the share ``refine`` of the positions in the coarse cells whose corners differ most (where
-        the map changes and interpolation is least trustworthy) computed as well. The rest stay interpolated."""
-        fine_y, fine_x = _drill_indices(len(ys), self.drill), _drill_indices(len(xs), self.drill)
+    def _drill_plan(self, ys: list[int], xs: list[int], drill: int
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The drill-down's first step: every ``drill``-th position per side computed and interpolated over the
+        grid (B×n grids; labels from the nearest computed position), and the positions not computed yet in the
+        order the drill-down refines them: those in the coarse cells whose corners differ most (where the map
+        changes and interpolation is least trustworthy) first."""
+        fine_y, fine_x = _drill_indices(len(ys), drill), _drill_indices(len(xs), drill)
         coarse_grids, coarse_labels = self._computed([(ys[i], xs[j]) for i in fine_y for j in fine_x])
         b, shape = len(self.images), (len(ys), len(xs))
         device = self.images.device
         ay, ax = _linear_weights(fine_y, len(ys)).to(device), _linear_weights(fine_x, len(xs)).to(device)
         grids = {key: torch.einsum("yc,bcd,xd->byx", ay, g.view(b, len(fine_y), len(fine_x)).double(), ax)
                  .reshape(b, -1) for key, g in coarse_grids.items()}
-        near_y = (torch.tensor(fine_y)[None] - torch.arange(len(ys))[:, None]).abs().argmin(1).to(device)
-        near_x = (torch.tensor(fine_x)[None] - torch.arange(len(xs))[:, None]).abs().argmin(1).to(device)
+        near_y = _nearest_index(torch.tensor(fine_y, dtype=torch.float32), len(ys)).to(device)
+        near_x = _nearest_index(torch.tensor(fine_x, dtype=torch.float32), len(xs)).to(device)
         labels = coarse_labels.view(b, len(fine_y), len(fine_x))[:, near_y][:, :, near_x].reshape(b, -1)
         key = "log" if isinstance(self.objective, Prob) else "target"
         stray = _cell_spread(coarse_grids[key].view(b, len(fine_y), len(fine_x)).double(), fine_y, fine_x,
                              shape).flatten()
         known = torch.tensor([(y, x) in self.done for y in ys for x in xs], device=stray.device)
         stray = torch.where(known, -math.inf, stray)  # positions computed already need no second look
-        budget = min(math.ceil(self.refine * stray.numel()), int((~known).sum()))
-        chosen = stray.argsort(descending=True, stable=True)[:budget].tolist()
-        exact, exact_labels = self._computed([(ys[i // shape[1]], xs[i % shape[1]]) for i in chosen])
+        order = stray.argsort(descending=True, stable=True)[:int((~known).sum())].cpu()
+        return grids, labels, order
+
+    def _computed_columns(self, places: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+        """Of ``places``, the indices of those computed so far and their columns in ``values``."""
+        indices = [i for i, p in enumerate(places) if p in self.done]
+        return indices, [self.done[places[i]] for i in indices]
+
+    def _drilled(self, ys: list[int], xs: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Krypton's adaptive drill-down (:meth:`_drill_plan`) over every ``self.drill``-th position per side,
+        then the share ``refine`` of all positions computed in its order. The rest stay interpolated."""
+        places = [(y, x) for y in ys for x in xs]
+        grids, labels, order = self._drill_plan(ys, xs, self.drill)
+        budget = min(math.ceil(self.refine * len(places)), len(order))
+        self._compute([places[i] for i in order[:budget].tolist()])
+        indices, columns = self._computed_columns(places)  # every position computed keeps its exact value
         for k in grids:
-            grids[k][:, chosen] = exact[k].to(grids[k].dtype)
-        labels[:, chosen] = exact_labels
-        for position, index in ((p, i) for i, p in enumerate((y, x) for y in ys for x in xs) if p in self.done):
-            for k in grids:  # every position computed on the way (the coarse ones) keeps its exact value
-                grids[k][:, index] = self.values[k][:, self.done[position]].to(grids[k].dtype)
-            labels[:, index] = self.values["label"][:, self.done[position]]
+            grids[k][:, indices] = self.values[k][:, columns].to(grids[k].dtype)
+        labels[:, indices] = self.values["label"][:, columns]
         return grids, labels
 
     def calibrate(self, stride: int, quality: float) -> dict[str, Any]:
@@ -435,41 +446,33 @@ class _Run:
             fine_y, fine_x = _drill_indices(len(ys), drill), _drill_indices(len(xs), drill)
             if len(ys) * len(xs) < _FEWEST or 2 * len(fine_y) * len(fine_x) > len(ys) * len(xs):
                 break  # few positions, or a grid of half of them: nothing to gain
-            found = self._estimate(ys, xs, fine_y, fine_x, quality)
+            found = self._estimate(ys, xs, drill, quality)
             sampled += found.pop("sampled")
             if self.refine is not None:
                 self.drill = drill
                 return {**found, "drill": drill, "sampled": sampled}
         return {"ssim": 1.0, "calibration": "exact", "sampled": sampled}
 
-    def _estimate(self, ys: list[int], xs: list[int], fine_y: list[int], fine_x: list[int], quality: float
-                  ) -> dict[str, Any]:
-        """The drill-down over the grid ``fine_y`` × ``fine_x``: that grid is computed and interpolated, then a
-        sample of the positions not computed yet (``_SAMPLE`` of all, evenly spread over the order in which the
-        drill-down would refine them) is computed exactly: their errors tell how far the interpolation strays,
-        by rank. For each share in ``_SHARES`` the map the drill-down would give is scored by the SSIM between
-        it and itself plus noise of those errors' size at the positions left interpolated (the mean of
-        ``_TRIALS`` draws, the worst image); the smallest share that reaches the quality's shortfall halved
-        (``_SHARE_MARGIN``: the estimate is noisy) is kept in ``self.refine``."""
+    def _estimate(self, ys: list[int], xs: list[int], drill: int, quality: float) -> dict[str, Any]:
+        """The drill-down over every ``drill``-th position per side: that grid is computed and interpolated
+        (:meth:`_drill_plan`), then a sample of the positions not computed yet (``_SAMPLE`` of all, evenly
+        spread over the order in which the drill-down would refine them) is computed exactly: their errors tell
+        how far the interpolation strays, by rank. For each share in ``_SHARES`` the map the drill-down would
+        give is scored by the SSIM between it and itself plus noise of those errors' size at the positions left
+        interpolated (the mean of ``_TRIALS`` draws, the worst image); the smallest share that reaches the
+        quality's shortfall halved (``_SHARE_MARGIN``: the estimate is noisy) is kept in ``self.refine``."""
         n, b, shape = len(ys) * len(xs), len(self.images), (len(ys), len(xs))
-        coarse, _ = self._computed([(ys[i], xs[j]) for i in fine_y for j in fine_x])
-        ay, ax = _linear_weights(fine_y, len(ys)), _linear_weights(fine_x, len(xs))
-        key = "log" if isinstance(self.objective, Prob) else "target"
-        stray = _cell_spread(coarse[key].view(b, len(fine_y), len(fine_x)).double().cpu(), fine_y, fine_x,
-                             shape).flatten()
         places = [(y, x) for y in ys for x in xs]
-        known = torch.tensor([p in self.done for p in places])
-        order = torch.where(known, -math.inf, stray).argsort(descending=True, stable=True)[:int((~known).sum())]
+        grids, _, order = self._drill_plan(ys, xs, drill)
         count = min(len(order), math.ceil(_SAMPLE * n))
         if count == 0:
             return {"ssim": 1.0, "calibration": "exact", "sampled": 0}
         sample = order[((torch.arange(count) + 0.5) * len(order) / count).long()]
-        target = coarse["target"].view(b, len(fine_y), len(fine_x)).double().cpu()
-        guess = torch.einsum("yc,bcd,xd->byx", ay, target, ax).reshape(b, n)
+        guess = grids["target"].cpu()
         exact, _ = self._computed([places[int(i)] for i in sample])
         errors = guess[:, sample] - exact["target"].double().cpu()
-        done = [i for i, p in enumerate(places) if p in self.done]  # exact in the result: exact in the guess
-        guess[:, done] = self.values["target"][:, [self.done[places[i]] for i in done]].double().cpu()
+        indices, columns = self._computed_columns(places)  # exact in the result: exact in the guess
+        guess[:, indices] = self.values["target"][:, columns].double().cpu()
         sampled = torch.zeros(n, dtype=torch.bool)
         sampled[sample] = True
         rest = order[~sampled[order]]  # the positions the drill-down may still refine, in its order
@@ -479,10 +482,9 @@ class _Run:
             budget = min(math.ceil(share * n), len(rest))
             left = rest[budget:]
             cut = int(rank[rest[budget - 1]]) if budget else -1
-            after = sample[rank[sample] > cut]  # sampled positions the drill-down would have left interpolated
+            beyond = rank[sample] > cut  # sampled positions the drill-down would have left interpolated
             score = 1.0 if len(left) == 0 else min(
-                _noisy_ssim(guess[i].view(shape), left, rank, after, errors[i][rank[sample] > cut])
-                for i in range(b))
+                _noisy_ssim(guess[i].view(shape), left, rank, sample[beyond], errors[i][beyond]) for i in range(b))
             if score >= 1 - (1 - quality) * _SHARE_MARGIN:
                 self.refine = share
                 return {"ssim": score, "calibration": "refine from sampled positions", "sampled": count}
@@ -580,47 +582,44 @@ def _cell_spread(coarse: torch.Tensor, known_y: list[int], known_x: list[int], s
     return spread[cell_y][:, cell_x]
 
 
-def _linear_weights(known: list[int], n: int) -> torch.Tensor:
-    """n×len(known) weights interpolating values known at indices ``known`` linearly over 0..n−1."""
-    weights = torch.zeros(n, len(known), dtype=torch.float64)
-    if len(known) == 1:
+def _interpolation_weights(knots: torch.Tensor, length: int) -> torch.Tensor:
+    """length×len(knots) float64 weights that interpolate values given at the ascending ``knots`` linearly
+    over 0..length−1 (constant beyond the outermost knots)."""
+    weights = torch.zeros(length, len(knots), dtype=torch.float64)
+    if len(knots) == 1:
         weights[:, 0] = 1.0
         return weights
-    grid = torch.tensor(known, dtype=torch.float64)
-    t = torch.arange(n, dtype=torch.float64)
-    upper = torch.searchsorted(grid, t, right=True).clamp(1, len(known) - 1)
+    t = torch.arange(length, dtype=torch.float64).clamp(float(knots[0]), float(knots[-1]))
+    upper = torch.searchsorted(knots, t, right=True).clamp(1, len(knots) - 1)
     lower = upper - 1
-    frac = ((t - grid[lower]) / (grid[upper] - grid[lower])).clamp(0, 1)
-    rows = torch.arange(n)
+    frac = (t - knots[lower]) / (knots[upper] - knots[lower])
+    rows = torch.arange(length)
     weights[rows, lower] = 1 - frac
     weights[rows, upper] += frac
     return weights
+
+
+def _linear_weights(known: list[int], n: int) -> torch.Tensor:
+    """n×len(known) weights interpolating values known at indices ``known`` linearly over 0..n−1."""
+    return _interpolation_weights(torch.tensor(known, dtype=torch.float64), n)
 
 
 def _between_centres(starts: list[int], mask_size: int, length: int, device: torch.device) -> torch.Tensor:
     """length×n weights that interpolate n per-position values linearly between the positions' centres
     (constant beyond the outermost centres), so a pixel's value is the one with the mask centred on it."""
     centres = torch.tensor(starts, dtype=torch.float64) + (mask_size - 1) / 2
-    weights = torch.zeros(length, len(centres), dtype=torch.float64)
-    if len(centres) == 1:
-        weights[:, 0] = 1.0
-        return weights.to(device)
-    t = torch.arange(length, dtype=torch.float64).clamp(float(centres[0]), float(centres[-1]))
-    upper = torch.searchsorted(centres, t, right=True).clamp(1, len(centres) - 1)
-    lower = upper - 1
-    frac = (t - centres[lower]) / (centres[upper] - centres[lower])
-    rows = torch.arange(length)
-    weights[rows, lower] = 1 - frac
-    weights[rows, upper] += frac
-    return weights.to(device)
+    return _interpolation_weights(centres, length).to(device)
+
+
+def _nearest_index(knots: torch.Tensor, length: int) -> torch.Tensor:
+    """For each of 0..length−1, the index of the nearest of ``knots`` (float32; the first on a tie)."""
+    return (torch.arange(length, dtype=torch.float32)[:, None] - knots[None]).abs().argmin(1)
 
 
 def _nearest(grid: torch.Tensor, ys: list[int], xs: list[int], mask_size: int, size: tuple[int, int]) -> torch.Tensor:
     """Per pixel, the grid value of the mask position whose centre is nearest (B×H×W)."""
     def nearest(starts: list[int], length: int) -> torch.Tensor:
-        centres = torch.tensor(starts, dtype=torch.float32) + (mask_size - 1) / 2
-        pixels = torch.arange(length, dtype=torch.float32)
-        return (pixels[:, None] - centres[None]).abs().argmin(1)
+        return _nearest_index(torch.tensor(starts, dtype=torch.float32) + (mask_size - 1) / 2, length)
 
     iy, ix = nearest(ys, size[0]).to(grid.device), nearest(xs, size[1]).to(grid.device)
     return grid[:, iy][:, :, ix]
