@@ -174,6 +174,59 @@ def test_quality_picks_the_drill_down_share_from_sampled_positions(default):
         cl.occlusion(model, x, quality=1.5)
 
 
+def test_first_order_estimates_at_cuts_are_gradient_times_change(default):
+    """At every cut (a node all of the network's later work depends on), the engine's first-order estimate
+    is the clean gradient of the objective there times the change the mask makes to that node's output."""
+    from cnnlens.core.session import look
+
+    model, data = default
+    x = data.images[3][None]
+    starts = torch.tensor([[0, 0], [20, 30], [48, 48]])
+    with look(model) as s, torch.no_grad():
+        graph = engine_module.graph_of(s.net, s._shared)
+        engine = engine_module.Incremental(s.net, graph, None)
+        engine.clean(s.net_input(x))
+        engine.slope(lambda out: torch.log_softmax(out.double(), 1)[0, 2])
+        names = [n.name for n in engine.cuts]
+        assert {"stage1_relu1", "stage1_pool", "stage2_relu1", "stage4_relu1"} <= set(names)
+        assert "stage1_conv1" not in names and "stage1_bn1" not in names  # the ReLU after them estimates more
+        net_x = s.net_input(x)
+        fill = torch.full_like(net_x[0], 0.3)
+        crops = torch.stack([fill[:, y:y + 16, x0:x0 + 16] for y, x0 in starts.tolist()])
+        engine.run(starts[:, 0], starts[:, 1], crops, None)
+        occluded = net_x.repeat(len(starts), 1, 1, 1)
+        for i, (y, x0) in enumerate(starts.tolist()):
+            occluded[i, :, y:y + 16, x0:x0 + 16] = 0.3
+        net = s.net
+        cut = next(n for n in engine.linear if n.name == "stage2_relu1")
+        clean_at_cut = net.stage2[:3](net.stage1(net.normalize(net_x)))
+        with torch.enable_grad():
+            a = clean_at_cut.clone().requires_grad_(True)
+            rest = net.stage4(net.stage3(net.stage2[3:](a)))
+            log_p = torch.log_softmax(net.fc(torch.flatten(net.gap(rest), 1)).double(), 1)[0, 2]
+            grad, = torch.autograd.grad(log_p, a)
+        change = net.stage2[:3](net.stage1(net.normalize(occluded))) - clean_at_cut
+        expected = (change * grad).flatten(1).sum(1).double()
+        torch.testing.assert_close(engine.linear[cut], expected, rtol=1e-5, atol=1e-9)
+        out, _ = engine.run(starts[:, 0], starts[:, 1], crops, None, stop=cut)  # up to the cut only
+        assert out is None
+        torch.testing.assert_close(engine.linear[cut], expected, rtol=1e-5, atol=1e-9)
+
+
+def test_quality_on_a_large_map_may_stand_a_first_order_estimate_in(default):
+    """From 1,000 positions the calibration also scores first-order estimates at the network's cuts plus
+    the interpolated departure from them, and keeps the cheapest way that is expected to reach the quality."""
+    from cnnlens.explain.occlusion import _grid_ssim
+    model, data = default
+    x, label = data.images[5], int(data.labels[5])
+    exact = cl.occlusion(model, x, label, mask_size=8, stride=1)  # 57 × 57 positions
+    fast = cl.occlusion(model, x, label, mask_size=8, stride=1, quality=0.9)
+    assert fast.params["cut"] == "stage2_relu1" and fast.params["calibration"].startswith("first-order")
+    assert _grid_ssim(fast.raw.numpy(), exact.raw.numpy()) >= 0.9
+    again = cl.occlusion(model, x, label, mask_size=8, stride=1, quality=0.9)
+    assert torch.equal(again.raw, fast.raw) and again.params == fast.params
+
+
 def test_drill_down_computes_the_coarse_grid_then_the_busiest_cells(default):
     """``refine``: every 4th position per side first (exact, interpolated between), then the given share of
     the positions in the cells whose corners differ most; refine=1 computes every position."""

@@ -203,6 +203,10 @@ class Incremental:
         self.clean_values: dict[fx.Node, Any] = {}
         self._padded: dict[tuple, torch.Tensor] = {}
         self.work = [0.0, 0.0]  # the last batch's work: incremental, and the same batch in full (see _count)
+        self.cuts = _cuts(self.nodes, self.modules)
+        self.slopes: dict[fx.Node, torch.Tensor] = {}  # cut -> the objective's gradient at the clean image
+        self.linear: dict[fx.Node, torch.Tensor] = {}  # the last batch: cut -> first-order change per position
+        self.work_at: dict[fx.Node, float] = {}  # the last batch: cut -> incremental work done up to it
 
     # --- the clean run -------------------------------------------------------------------------------
 
@@ -237,16 +241,60 @@ class Incremental:
             return getattr(args[0], node.target)(*args[1:], **kwargs)
         return node.target(*args, **kwargs)
 
+    def slope(self, objective: Callable[[Any], torch.Tensor]) -> None:
+        """The gradient of ``objective`` (the network's output → a scalar) with respect to every cut's
+        output at the clean image, for :meth:`run`'s first-order estimates: the graph is rerun from the first
+        cut with autograd (one forward and backward of the rest of the network for one image). A cut whose
+        output a later in-place operation changes, or that the objective does not reach, is dropped."""
+        self.slopes = {}
+        if not self.cuts:
+            return
+        first = self.nodes.index(self.cuts[0])
+        env: dict[fx.Node, Any] = {}
+        held: dict[fx.Node, tuple[torch.Tensor, int]] = {}
+        with torch.enable_grad():
+            for position, node in enumerate(self.nodes):
+                if node.op == "output":
+                    out = objective(fx.node.map_arg(node.args[0], lambda n: env[n]))
+                    break
+                if position < first or node.op in ("placeholder", "get_attr"):
+                    env[node] = self.clean_values[node]
+                    continue
+                if node is self.cuts[0]:
+                    value = self.clean_values[node].detach().requires_grad_(True)
+                else:
+                    value = self._call(node, fx.node.map_arg(node.args, lambda n: env[n]),
+                                       fx.node.map_arg(node.kwargs, lambda n: env[n]))
+                if node in self.cuts:
+                    value = value.clone()  # not a leaf: in-place operations downstream stay possible
+                    held[node] = (value, value._version)
+                env[node] = value
+            else:
+                return
+            kept = [n for n, (value, version) in held.items() if value._version == version]
+            if not kept or not out.requires_grad:
+                return
+            grads = torch.autograd.grad(out, [held[n][0] for n in kept], allow_unused=True)
+        for node, grad in zip(kept, grads):
+            if grad is not None:
+                self.slopes[node] = grad.detach()
+
     # --- the occluded batch --------------------------------------------------------------------------
 
-    def run(self, y: torch.Tensor, x: torch.Tensor, crops: torch.Tensor, unit: int | None
-            ) -> tuple[Any, torch.Tensor | None]:
+    def run(self, y: torch.Tensor, x: torch.Tensor, crops: torch.Tensor, unit: int | None,
+            stop: fx.Node | None = None) -> tuple[Any, torch.Tensor | None]:
         """The network's output for P occluded images: the clean image with ``crops`` (P×C×m×m, already in
         the network's input space) at rows ``y`` and columns ``x`` (P each); and the watched layer's total
-        of channel ``unit`` per position (float64), when a unit is asked for."""
+        of channel ``unit`` per position (float64), when a unit is asked for (and reached before ``stop``).
+
+        At every cut with a slope (:meth:`slope`) that is still a rectangle, ``self.linear[cut]`` holds the
+        first-order change of the objective per position: the gradient times the change of the cut's output.
+        With ``stop`` (a cut), the run ends there and the output is None: the first-order estimate costs only
+        the layers up to the cut."""
         env: dict[fx.Node, Any] = {}
         total = None
         self.work = [0.0, 0.0]
+        self.linear, self.work_at = {}, {}
         for node in self.nodes:
             if node.op == "placeholder":
                 value: Any = Region(crops, y, x, self.clean_values[node])
@@ -259,6 +307,11 @@ class Incremental:
             env[node] = value
             if node is self.watch and unit is not None:
                 total = _unit_total(value, unit, len(y))
+            if node in self.slopes and isinstance(value, Region):
+                self.linear[node] = _first_order(value, self.slopes[node])
+                self.work_at[node] = self.work[0] + 2.0 * value.data.numel()
+            if node is stop:
+                return None, total
         raise RuntimeError("the traced graph has no output")
 
     def _count(self, node: fx.Node, value: Any, count: int) -> None:
@@ -377,6 +430,49 @@ class Incremental:
 
     def _cap(self, length: int) -> int | None:
         return None if self.tau is None or self.tau >= 1 else max(1, math.ceil(self.tau * length))
+
+
+def _cuts(nodes: list[fx.Node], modules: dict[str, nn.Module]) -> list[fx.Node]:
+    """The nodes every path from the input to the output passes through (the rest of the network sees the
+    image only through them), in order, where a first-order estimate may stand in for the rest: the last
+    of each chain of element-wise nodes (a ReLU after its BatchNorm estimates more of the network at the
+    same cost)."""
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    output = next((n for n in nodes if n.op == "output"), None)
+    if len(inputs) != 1 or output is None:
+        return []
+
+    def reaches_output_without(avoid: fx.Node) -> bool:
+        seen, todo = {inputs[0]}, [inputs[0]]
+        while todo:
+            for user in todo.pop().users:
+                if user is output:
+                    return True
+                if user is not avoid and user not in seen:
+                    seen.add(user)
+                    todo.append(user)
+        return False
+
+    through = [n for n in nodes if n.op not in ("placeholder", "output", "get_attr")
+               and not reaches_output_without(n)]
+    cuts = []
+    for node, after in zip(through, [*through[1:], None]):
+        module = modules.get(after.target) if after is not None and after.op == "call_module" else None
+        if after is not None and list(node.users) == [after] and _is_pointwise(after, module):
+            continue
+        cuts.append(node)
+    return cuts
+
+
+def _first_order(region: Region, grad: torch.Tensor) -> torch.Tensor:
+    """Per position (float64), the gradient (1×C×H×W) times the change of the map over the region's rectangle
+    (outside it the map is the clean one)."""
+    h, w = region.size
+    rows = (region.y[:, None] + torch.arange(h, device=region.y.device))[:, None, :, None]
+    cols = (region.x[:, None] + torch.arange(w, device=region.x.device))[:, None, None, :]
+    channels = torch.arange(grad.shape[1], device=grad.device)[None, :, None, None]
+    change = region.data - region.clean[0][channels, rows, cols]  # P×C×h×w
+    return (change * grad[0][channels, rows, cols]).flatten(1).sum(1, dtype=torch.float64)
 
 
 _OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
