@@ -37,7 +37,7 @@ import math
 import operator
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,7 +206,7 @@ class Incremental:
         self.cuts = _cuts(self.nodes, self.modules)
         self.slopes: dict[fx.Node, torch.Tensor] = {}  # cut -> the objective's gradient at the clean image
         self.linear: dict[fx.Node, torch.Tensor] = {}  # the last batch: cut -> first-order change per position
-        self.work_at: dict[fx.Node, float] = {}  # the last batch: cut -> incremental work done up to it
+        self.work_at: dict[fx.Node, float] = {}  # the last batch: cut (with a slope) -> work done up to it
 
     # --- the clean run -------------------------------------------------------------------------------
 
@@ -282,15 +282,15 @@ class Incremental:
     # --- the occluded batch --------------------------------------------------------------------------
 
     def run(self, y: torch.Tensor, x: torch.Tensor, crops: torch.Tensor, unit: int | None,
-            stop: fx.Node | None = None) -> tuple[Any, torch.Tensor | None]:
+            stop: fx.Node | None = None, estimate_at: Collection[fx.Node] = ()) -> tuple[Any, torch.Tensor | None]:
         """The network's output for P occluded images: the clean image with ``crops`` (P×C×m×m, already in
         the network's input space) at rows ``y`` and columns ``x`` (P each); and the watched layer's total
         of channel ``unit`` per position (float64), when a unit is asked for (and reached before ``stop``).
 
-        At every cut with a slope (:meth:`slope`) that is still a rectangle, ``self.linear[cut]`` holds the
-        first-order change of the objective per position: the gradient times the change of the cut's output.
-        With ``stop`` (a cut), the run ends there and the output is None: the first-order estimate costs only
-        the layers up to the cut."""
+        At every cut of ``estimate_at`` with a slope (:meth:`slope`) that is still a rectangle there,
+        ``self.linear[cut]`` holds the first-order change of the objective per position: the gradient times the
+        change of the cut's output. With ``stop`` (a cut), the run ends there and the output is None: the
+        first-order estimates cost only the layers up to the cut."""
         env: dict[fx.Node, Any] = {}
         total = None
         self.work = [0.0, 0.0]
@@ -308,8 +308,9 @@ class Incremental:
             if node is self.watch and unit is not None:
                 total = _unit_total(value, unit, len(y))
             if node in self.slopes and isinstance(value, Region):
-                self.linear[node] = _first_order(value, self.slopes[node])
-                self.work_at[node] = self.work[0] + 2.0 * value.data.numel()
+                self.work_at[node] = self.work[0]
+                if node in estimate_at:
+                    self.linear[node] = _first_order(value, self.slopes[node])
             if node is stop:
                 return None, total
         raise RuntimeError("the traced graph has no output")
@@ -468,11 +469,17 @@ def _first_order(region: Region, grad: torch.Tensor) -> torch.Tensor:
     """Per position (float64), the gradient (1×C×H×W) times the change of the map over the region's rectangle
     (outside it the map is the clean one)."""
     h, w = region.size
-    rows = (region.y[:, None] + torch.arange(h, device=region.y.device))[:, None, :, None]
-    cols = (region.x[:, None] + torch.arange(w, device=region.x.device))[:, None, None, :]
-    channels = torch.arange(grad.shape[1], device=grad.device)[None, :, None, None]
-    change = region.data - region.clean[0][channels, rows, cols]  # P×C×h×w
-    return (change * grad[0][channels, rows, cols]).flatten(1).sum(1, dtype=torch.float64)
+    rows = region.y[:, None] + torch.arange(h, device=region.y.device)  # P×h
+    cols = region.x[:, None] + torch.arange(w, device=region.x.device)
+    index = (rows[:, :, None] * region.clean.shape[-1] + cols[:, None, :]).view(len(rows), 1, h * w)
+    count, channels = len(rows), region.clean.shape[1]
+
+    def crops(tensor: torch.Tensor) -> torch.Tensor:  # P×C×(h·w), one gather (as _read)
+        return torch.gather(tensor.reshape(1, channels, -1).expand(count, -1, -1), 2,
+                            index.expand(-1, channels, -1))
+
+    change = region.data.reshape(count, channels, -1) - crops(region.clean)
+    return torch.einsum("pcn,pcn->p", change, crops(grad)).double()
 
 
 _OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
