@@ -582,8 +582,7 @@ class _Run:
             reference = guess.clone()  # the estimated map, exact where known
             reference[:, indices] = self.values["target"][:, columns].double().cpu()
             found = _share(reference, cut_order, sample, guess[:, sample] - exact, (len(ys), len(xs)), quality,
-                           (0.0, *_SHARES) if cut is not None else _SHARES,
-                           _ESTIMATE_MARGIN if cut is not None else _SHARE_MARGIN)
+                           (0.0, *_SHARES) if cut is not None else _SHARES)
             if found is not None:
                 cost = min(math.ceil(found[0] * n), remaining)  # positions computed beyond the estimate
                 if best is None or cost < best[0]:
@@ -654,21 +653,20 @@ _FEWEST = 64  # positions below which a calibration is not worth its cost: the e
 _SAMPLE = 0.06  # share of the positions a quality calibration computes to measure the interpolation's errors
 _SHARES = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # drill-down shares it tries, cheapest first
 _SHARE_MARGIN = 0.5  # it asks its estimate for half of the quality's shortfall (measured: the estimate is
-# within ±0.07 of the true SSIM on the default model's held-out images)
+# within ±0.07 of the true SSIM on the default model's held-out images; with a first-order estimate, within
+# ±0.01 on random resnet18 at 224 px but up to 0.04 above it on the default model at stride 1)
 _TRIALS = 4  # noise draws per estimate
 _LINEAR_FROM = 1000  # positions from which a calibration also tries first-order estimates (on smaller maps their
 # bookkeeping cost more than they saved: the default model's 25 × 25 maps)
 _PROBE_WORK = 0.15  # first-order estimates are made at the deepest cut within this share of an exact position's
 # work (random resnet18 at 224 px: after layer2; each step deeper roughly doubles the cost)
-_ESTIMATE_MARGIN = 0.5  # the same for a first-order estimate (measured: its expected SSIM is within ±0.01 of the
-# reached one on random resnet18 at 224 px, but up to 0.04 above it on the default model at stride 1)
 
 
 def _share(reference: torch.Tensor, order: torch.Tensor, sample: torch.Tensor, errors: torch.Tensor,
-           shape: tuple[int, int], quality: float, shares: tuple[float, ...], margin: float
-           ) -> tuple[float, float] | None:
+           shape: tuple[int, int], quality: float, shares: tuple[float, ...]) -> tuple[float, float] | None:
     """The smallest of ``shares`` (of all positions, refined in ``order``) whose map is expected to reach the
-    quality with ``margin`` × its shortfall, and that expected SSIM; None if none does. ``errors``
+    quality's shortfall halved (``_SHARE_MARGIN``: the expectation is noisy), and that expected SSIM; None if
+    none does. ``errors``
     (B×len(sample)) are the estimate's errors at the ``sample`` positions (computed exactly); the expected SSIM
     is that of the ``reference`` grid (the estimated map) against itself plus noise of those errors' size at
     the positions left estimated (:func:`_noisy_ssim`, the worst image)."""
@@ -684,10 +682,9 @@ def _share(reference: torch.Tensor, order: torch.Tensor, sample: torch.Tensor, e
         last = int(rank[rest[budget - 1]]) if budget else -1
         beyond = rank[sample] > last  # sampled positions the drill-down would have left estimated
         score = 1.0 if len(left) == 0 else min(
-            _noisy_ssim(reference[i].view(shape), left, rank, sample[beyond],
-                        errors[i][beyond])
+            _noisy_ssim(reference[i].view(shape), left, rank, sample[beyond], errors[i][beyond])
             for i in range(len(reference)))
-        if score >= 1 - (1 - quality) * margin:
+        if score >= 1 - (1 - quality) * _SHARE_MARGIN:
             return share, score
     return None
 
