@@ -232,6 +232,21 @@ def test_quality_on_a_large_map_may_stand_a_first_order_estimate_in(default):
     assert torch.equal(again.raw, fast.raw) and again.params == fast.params
 
 
+def test_a_network_the_slope_cannot_run_through_keeps_plain_interpolation(default, monkeypatch):
+    from cnnlens.explain.occlusion import _grid_ssim
+
+    def fails(self, objective):
+        raise RuntimeError("shape '[1, 2, 24, 28, 28]' is invalid")  # as shufflenet's channel shuffle once did
+
+    monkeypatch.setattr(engine_module.Incremental, "slope", fails)
+    model, data = default
+    x, label = data.images[5], int(data.labels[5])
+    exact = cl.occlusion(model, x, label, mask_size=8, stride=1)
+    result = cl.occlusion(model, x, label, mask_size=8, stride=1, quality=0.9)
+    assert result.params["cut"] is None and result.params["inference"] == "incremental"
+    assert _grid_ssim(result.raw.numpy(), exact.raw.numpy()) >= 0.9
+
+
 def test_drill_down_computes_the_coarse_grid_then_the_busiest_cells(default):
     """``refine``: every 4th position per side first (exact, interpolated between), then the given share of
     the positions in the cells whose corners differ most; refine=1 computes every position."""

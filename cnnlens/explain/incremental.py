@@ -265,7 +265,7 @@ class Incremental:
                 else:
                     value = self._call(node, fx.node.map_arg(node.args, lambda n: env[n]),
                                        fx.node.map_arg(node.kwargs, lambda n: env[n]))
-                if node in self.cuts:
+                if node in self.cuts and isinstance(value, torch.Tensor) and value.dim() == 4:
                     value = value.clone()  # not a leaf: in-place operations downstream stay possible
                     held[node] = (value, value._version)
                 env[node] = value

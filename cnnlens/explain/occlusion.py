@@ -378,7 +378,10 @@ class _Run:
             self.engines[i] = self.make_engine()
             self.engines[i].clean(self.s.net_input(image[None]))
             if self.linearize:
-                self.engines[i].slope(self._objective_of(i))
+                try:
+                    self.engines[i].slope(self._objective_of(i))
+                except (RuntimeError, TypeError):  # not differentiable from its cuts: no first-order estimates
+                    self.engines[i].slopes = {}
         engine = self.engines[i]
         estimate_at = () if not self.linearize else engine.cuts if not self.probe_decided else \
             [n for n in engine.cuts if n.name == self.probe]  # every cut until the probe is decided
