@@ -50,10 +50,13 @@ def test_a_mask_over_the_whole_image_is_one_position(default):
     torch.testing.assert_close(fast.map, full.map, rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg16", "alexnet", "mobilenet_v3_small", "densenet121"])
+@pytest.mark.parametrize("name", ["resnet18", "vgg16", "alexnet", "mobilenet_v3_small", "densenet121",
+                                  "shufflenet_v2_x0_5"])
 def test_torchvision_architectures_at_224_give_the_full_maps(name):
     """Residual adds, strided 1×1 shortcuts, max/avg pooling, squeeze-and-excitation (global context inside the
-    network), dense concatenation: each at 224 px, bitwise or within float32 rounding of the plain forward."""
+    network), dense concatenation, a channel shuffle that views its input by its own size (the batch of
+    positions, not the clean run's 1): each at 224 px, bitwise or within float32 rounding of the plain
+    forward."""
     model = random_model(name)
     x = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(1))
     fast = cl.occlusion(model, x, 3, mask_size=16, stride=52, incremental=True)

@@ -207,6 +207,7 @@ class Incremental:
         self.slopes: dict[fx.Node, torch.Tensor] = {}  # cut -> the objective's gradient at the clean image
         self.linear: dict[fx.Node, torch.Tensor] = {}  # the last batch: cut -> first-order change per position
         self.work_at: dict[fx.Node, float] = {}  # the last batch: cut (with a slope) -> work done up to it
+        self._sized: set[fx.Node] = set()
 
     # --- the clean run -------------------------------------------------------------------------------
 
@@ -295,6 +296,7 @@ class Incremental:
         total = None
         self.work = [0.0, 0.0]
         self.linear, self.work_at = {}, {}
+        self._sized = set()  # nodes holding a shape of this batch, or computed from one
         for node in self.nodes:
             if node.op == "placeholder":
                 value: Any = Region(crops, y, x, self.clean_values[node])
@@ -336,10 +338,15 @@ class Incremental:
         inputs = [n for n in node.all_input_nodes if isinstance(env[n], (Region, Full))]
         shape = _shape_query(node, env)
         if shape is not None:
+            self._sized.add(node)
             return shape
         if not inputs:
-            return self.clean_values[node] if node in self.clean_values else self._call(
-                node, fx.node.map_arg(node.args, lambda n: env[n]), fx.node.map_arg(node.kwargs, lambda n: env[n]))
+            if node in self.clean_values and not any(n in self._sized for n in node.all_input_nodes):
+                return self.clean_values[node]
+            if node.all_input_nodes:  # computed from a shape of this batch (its size P, not the clean run's 1)
+                self._sized.add(node)
+            return self._call(node, fx.node.map_arg(node.args, lambda n: env[n]),
+                              fx.node.map_arg(node.kwargs, lambda n: env[n]))
         module = self.modules.get(node.target) if node.op == "call_module" else None
         if all(isinstance(env[n], Region) for n in inputs):
             done = self._local(node, module, env, inputs)
