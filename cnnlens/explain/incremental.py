@@ -211,23 +211,33 @@ class Incremental:
 
     # --- the clean run -------------------------------------------------------------------------------
 
-    def clean(self, x: torch.Tensor) -> Any:
+    def clean(self, x: torch.Tensor) -> None:
         """Run the clean image ``x`` (1×C×H×W) and keep every node's output (copied: later in-place
-        operations must not change what later reads take as clean)."""
-        env: dict[fx.Node, Any] = {}
-        self.clean_values = {}
+        operations must not change what later reads take as clean). The maps kept are those of the image
+        run in a batch of two: a convolution run on one image can take another kernel than on a batch and
+        differ in the last bits (64→256 channels on 13×13 maps do), and the occluded positions, read
+        around their rectangles from these maps, must agree with the plain forward of a batch of them."""
+        self.clean_values = self._values_of(x)
         self._padded = {}
+        for node, paired in self._values_of(x.repeat(2, 1, 1, 1)).items():
+            value = self.clean_values[node]
+            if isinstance(value, torch.Tensor) and isinstance(paired, torch.Tensor) and value.dim() > 0 and \
+                    paired.shape == (2 * value.shape[0], *value.shape[1:]) and node.op != "get_attr":
+                self.clean_values[node] = paired[:len(value)].clone()
+
+    def _values_of(self, x: torch.Tensor) -> dict[fx.Node, Any]:
+        """Every node's output for the input ``x``, each as it was made (copied: a later in-place operation
+        changes the tensor the graph passes on, not the copy)."""
+        env: dict[fx.Node, Any] = {}
+        kept: dict[fx.Node, Any] = {}
         for node in self.nodes:
-            if node.op == "placeholder":
-                value = x
-            elif node.op == "output":
-                return fx.node.map_arg(node.args[0], lambda n: env[n])
-            else:
-                value = self._call(node, fx.node.map_arg(node.args, lambda n: env[n]),
-                                   fx.node.map_arg(node.kwargs, lambda n: env[n]))
+            if node.op == "output":
+                return kept
+            value = x if node.op == "placeholder" else self._call(
+                node, fx.node.map_arg(node.args, lambda n: env[n]), fx.node.map_arg(node.kwargs, lambda n: env[n]))
             env[node] = value
             copy = isinstance(value, torch.Tensor) and node.op != "get_attr"  # weights are never changed
-            self.clean_values[node] = value.clone() if copy else value
+            kept[node] = value.clone() if copy else value
         raise RuntimeError("the traced graph has no output")
 
     def _call(self, node: fx.Node, args: Any, kwargs: Any) -> Any:
@@ -579,7 +589,7 @@ def _pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, shape: tuple[int, int]) ->
         return F.conv2d(x, conv.weight, conv.bias)
     pixels = count * h * w
     per_map = shape[0] * shape[1]
-    maps = -(-pixels // per_map)
+    maps = max(2, -(-pixels // per_map))  # never one map: a batch of one can take another kernel (see clean)
     packed = x.new_empty(channels, maps * per_map)  # channel-major: each channel's pixels in a row
     packed[:, :pixels].view(channels, count, h, w).copy_(x.transpose(0, 1))
     packed[:, pixels:] = 0
