@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import socket
@@ -82,6 +83,16 @@ def test_every_default_layer_equals_the_brute_force_top_k(shapes):
     scan = cl.scan(model, data, k=3, batch_size=32)
     assert len(scan.layers) == 26
     _assert_unit_lists(scan, _brute_force(model, data.images, scan.layers)[0], 3)
+
+
+def test_channels_last_activations_give_the_same_lists(shapes):
+    """A model run in channels-last memory format hands the hooks channels-last maps: lists, values and
+    positions (row-major in the grid) are those of a brute force over the same model."""
+    model, data = shapes
+    strided = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    images = data.images.contiguous(memory_format=torch.channels_last)
+    scan = cl.scan(strided, images, LAYERS, k=4, batch_size=40)
+    _assert_unit_lists(scan, _brute_force(strided, images, LAYERS)[0], 4)
 
 
 def test_ties_are_broken_by_the_lower_index():

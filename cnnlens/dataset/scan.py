@@ -593,7 +593,7 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
         elif source is not None:
             positions = _rectified_positions(flat, values, rows, columns, forward["found"][source], blockwise)
         else:
-            positions = _first_maxima(flat[rows, columns], blockwise)
+            positions = _first_maxima(_pairs(flat, rows, columns), blockwise)
         forward["values"][name], forward["found"][name] = values, (rows, columns, positions)
         forward["masks"][name] = (tops, bottoms)
         if statistics:  # added once the forward is done: only a module's last call counts
@@ -651,6 +651,14 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
 _BLOCK = 64  # positions of large maps: the maximum of each block of 64 values, then one block's argmax
 
 
+def _pairs(flat: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """The maps of the (image ``rows``, unit ``columns``) pairs of ``flat`` (B×U×N) as P×N: one row gather
+    where the maps are contiguous (3–5× faster than indexing two dimensions), else indexing."""
+    if not flat.is_contiguous():
+        return flat[rows, columns]
+    return flat.view(-1, flat.shape[2]).index_select(0, rows * flat.shape[1] + columns)
+
+
 def _first_maxima(maps: torch.Tensor, blockwise: bool) -> torch.Tensor:
     """The position of each row's first maximum (P×N)."""
     return _blockwise_max(maps[None])[1][0] if blockwise else maps.argmax(1)
@@ -667,7 +675,7 @@ def _rectified_positions(flat: torch.Tensor, values: torch.Tensor, rows: torch.T
     positions = torch.where(values[rows, columns] > 0, known[rows, columns], 0)
     missing = (positions < 0).nonzero()[:, 0]
     if len(missing):
-        positions[missing] = _first_maxima(flat[rows[missing], columns[missing]], blockwise)
+        positions[missing] = _first_maxima(_pairs(flat, rows[missing], columns[missing]), blockwise)
     return positions
 
 
