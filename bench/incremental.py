@@ -34,7 +34,7 @@ import torchvision
 import cnnlens as cl
 from cnnlens.core.session import look
 from cnnlens.explain.incremental import Incremental, graph_of
-from cnnlens.explain.occlusion import _grid_ssim, _linear_weights, positions
+from cnnlens.explain.occlusion import _linear_weights, grid_ssim, positions
 
 MASK, STRIDE = 16, 4
 
@@ -116,18 +116,18 @@ def approximate(name: str, stride: int) -> list[tuple]:
         start = time.perf_counter()
         result = cl.occlusion(model, image, target, mask_size=MASK, stride=stride, tau=tau)
         seconds = time.perf_counter() - start
-        rows.append((f"tau {tau}", exact_seconds / seconds, _grid_ssim(result.raw.numpy(), exact.raw.numpy())))
+        rows.append((f"tau {tau}", exact_seconds / seconds, grid_ssim(result.raw.numpy(), exact.raw.numpy())))
     for refine, tau in ((0.1, None), (0.25, None), (0.5, None), (0.25, 0.55)):
         start = time.perf_counter()
         result = cl.occlusion(model, image, target, mask_size=MASK, stride=stride, refine=refine, tau=tau)
         seconds = time.perf_counter() - start
         label = f"refine {refine}" + (f", tau {tau}" if tau else "")
-        rows.append((label, exact_seconds / seconds, _grid_ssim(result.raw.numpy(), exact.raw.numpy())))
+        rows.append((label, exact_seconds / seconds, grid_ssim(result.raw.numpy(), exact.raw.numpy())))
     start = time.perf_counter()
     result = cl.occlusion(model, image, target, mask_size=MASK, stride=stride, quality=0.9)
     seconds = time.perf_counter() - start
     rows.append((f"quality 0.9 ({_picked(result)})", exact_seconds / seconds,
-                 _grid_ssim(result.raw.numpy(), exact.raw.numpy())))
+                 grid_ssim(result.raw.numpy(), exact.raw.numpy())))
     return rows
 
 
@@ -151,7 +151,7 @@ def quality_over_images(count: int = 12) -> list[str]:
         result = cl.occlusion(model, image, label, mask_size=MASK, stride=2, quality=0.9)
         end = time.perf_counter()
         picked = "exact map" if result.params["refine"] is None else f"refine {result.params['refine']}"
-        reached = _grid_ssim(result.raw.numpy(), exact.raw.numpy())
+        reached = grid_ssim(result.raw.numpy(), exact.raw.numpy())
         lines.append(f"| {i} | {picked} | {result.params['ssim']:.3f} | {reached:.3f} | "
                      f"{(middle - start) / (end - middle):.2f} |")
         print(lines[-1], flush=True)
@@ -177,7 +177,7 @@ def quality_at_224(count: int = 3) -> list[str]:
         exact, result, _ = results
         cut = result.params["cut"]
         picked = _picked(result) if cut is None else f"estimate at {cut}, refine {result.params['refine']}"
-        reached = _grid_ssim(result.raw.numpy(), exact.raw.numpy())
+        reached = grid_ssim(result.raw.numpy(), exact.raw.numpy())
         lines.append(f"| {seed} | {picked} | {result.params['ssim']:.3f} | {reached:.3f} | {times[0]:.1f} | "
                      f"{times[1]:.1f} | {times[2]:.1f} | **{times[2] / times[1]:.1f}** |")
         print(lines[-1], flush=True)
@@ -197,13 +197,13 @@ def interpolation_limit() -> list[str]:
         known = sorted(set(range(0, n, step)) | {n - 1})
         weights = _linear_weights(known, n)
         guess = weights @ exact[known][:, known] @ weights.T
-        cells = [f"{_grid_ssim(guess.numpy(), exact.numpy()):.3f}"]
+        cells = [f"{grid_ssim(guess.numpy(), exact.numpy()):.3f}"]
         worst = (guess - exact).abs().flatten().argsort(descending=True)
         for share in (0.1, 0.3):
             fixed = guess.flatten().clone()
             chosen = worst[:int(share * n * n)]
             fixed[chosen] = exact.flatten()[chosen]
-            cells.append(f"{_grid_ssim(fixed.view(n, n).numpy(), exact.numpy()):.3f}")
+            cells.append(f"{grid_ssim(fixed.view(n, n).numpy(), exact.numpy()):.3f}")
         lines.append(f"| {step} | {len(known) ** 2} of {n * n} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     return lines

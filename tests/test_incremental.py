@@ -142,7 +142,7 @@ def test_quality_picks_the_drill_down_share_from_sampled_positions(default):
     of the other positions exactly, picks the smallest drill-down share whose expected SSIM reaches the ask
     (with a margin), and reports it; a finer grid where every 4th position is too coarse; the exact map where
     nothing is enough."""
-    from cnnlens.explain.occlusion import _SHARES, _grid_ssim
+    from cnnlens.explain.occlusion import _SHARES, grid_ssim
     model, data = default
     smooth = 9  # a held-out image whose map interpolates well
     x, label = data.images[smooth], int(data.labels[smooth])
@@ -151,7 +151,7 @@ def test_quality_picks_the_drill_down_share_from_sampled_positions(default):
     assert fast.params["calibration"] == "refine from sampled positions" and fast.params["refine"] in _SHARES
     assert fast.params["drill"] == 4
     assert fast.params["refine"] <= 0.3 and fast.params["ssim"] >= 0.95
-    assert _grid_ssim(fast.raw.numpy(), exact.raw.numpy()) >= 0.9  # on the whole grid, against the exact map
+    assert grid_ssim(fast.raw.numpy(), exact.raw.numpy()) >= 0.9  # on the whole grid, against the exact map
     assert not torch.equal(fast.raw, exact.raw)  # an approximation...
     span = float(exact.raw.max() - exact.raw.min())  # (batches of other positions may move the last bits)
     torch.testing.assert_close(fast.raw[::4, ::4], exact.raw[::4, ::4], rtol=0, atol=1e-6 * span)  # ...exact
@@ -160,13 +160,13 @@ def test_quality_picks_the_drill_down_share_from_sampled_positions(default):
     assert torch.equal(again.raw, fast.raw) and again.params == fast.params  # the calibration is deterministic
     strict = cl.occlusion(model, x, label, mask_size=16, stride=2, quality=0.999)
     assert strict.params["refine"] > fast.params["refine"] and strict.params["ssim"] >= 0.9995
-    assert _grid_ssim(strict.raw.numpy(), exact.raw.numpy()) >= 0.99
+    assert grid_ssim(strict.raw.numpy(), exact.raw.numpy()) >= 0.99
     rough = 11  # a held-out image whose map does not interpolate from every 4th position: every 2nd
     x, label = data.images[rough], int(data.labels[rough])
     answer = cl.occlusion(model, x, label, mask_size=16, stride=2, quality=0.9)
     reference = cl.occlusion(model, x, label, mask_size=16, stride=2).raw
     assert answer.params["drill"] == 2 and answer.params["refine"] in _SHARES
-    assert _grid_ssim(answer.raw.numpy(), reference.numpy()) >= 0.9
+    assert grid_ssim(answer.raw.numpy(), reference.numpy()) >= 0.9
     torch.manual_seed(0)
     untrained = type(model)().eval()  # its map is rough at every scale: nothing is enough, the exact map
     answer = cl.occlusion(untrained, data.images[1], 0, mask_size=16, stride=2, quality=0.9)
@@ -220,7 +220,7 @@ def test_first_order_estimates_at_cuts_are_gradient_times_change(default):
 def test_quality_on_a_large_map_may_stand_a_first_order_estimate_in(default):
     """From 1,000 positions the calibration also scores first-order estimates at the network's cuts plus
     the interpolated departure from them, and keeps the cheapest way that is expected to reach the quality."""
-    from cnnlens.explain.occlusion import _grid_ssim
+    from cnnlens.explain.occlusion import grid_ssim
     model, data = default
     x, label = data.images[5], int(data.labels[5])
     exact = cl.occlusion(model, x, label, mask_size=8, stride=1)  # 57 × 57 positions
@@ -230,13 +230,13 @@ def test_quality_on_a_large_map_may_stand_a_first_order_estimate_in(default):
     assert_unchanged(model, before)  # the slope's backward reaches no parameter
     model.fc.weight.grad = None
     assert fast.params["cut"] == "stage2_relu1" and fast.params["calibration"].startswith("first-order")
-    assert _grid_ssim(fast.raw.numpy(), exact.raw.numpy()) >= 0.9
+    assert grid_ssim(fast.raw.numpy(), exact.raw.numpy()) >= 0.9
     again = cl.occlusion(model, x, label, mask_size=8, stride=1, quality=0.9)
     assert torch.equal(again.raw, fast.raw) and again.params == fast.params
 
 
 def test_a_network_the_slope_cannot_run_through_keeps_plain_interpolation(default, monkeypatch):
-    from cnnlens.explain.occlusion import _grid_ssim
+    from cnnlens.explain.occlusion import grid_ssim
 
     def fails(self, objective):
         raise RuntimeError("shape '[1, 2, 24, 28, 28]' is invalid")  # as shufflenet's channel shuffle once did
@@ -247,7 +247,7 @@ def test_a_network_the_slope_cannot_run_through_keeps_plain_interpolation(defaul
     exact = cl.occlusion(model, x, label, mask_size=8, stride=1)
     result = cl.occlusion(model, x, label, mask_size=8, stride=1, quality=0.9)
     assert result.params["cut"] is None and result.params["inference"] == "incremental"
-    assert _grid_ssim(result.raw.numpy(), exact.raw.numpy()) >= 0.9
+    assert grid_ssim(result.raw.numpy(), exact.raw.numpy()) >= 0.9
 
 
 def test_drill_down_computes_the_coarse_grid_then_the_busiest_cells(default):

@@ -559,6 +559,11 @@ def test_occlusion_streams_from_the_engine_not_from_a_coarse_pass_in_the_view(sh
     # the engine's coarser maps (the first always drawn, later ones unless within the runner's 0.1 s), then the final
     assert 2 <= view.prob_panel.results - before <= len(passes) + len(calls) - 1, (passes, view.prob_panel.results)
     assert "preview" not in view.prob_panel.title  # the last map drawn is the exact one
+    calls.clear()
+    view.stride.value = 2  # 25 × 25 positions: the preview is an approximation, then the exact map comes
+    assert view.wait(60) and len(calls) == 2
+    reached = float(view.prob_panel.title.split("reached SSIM ")[1].rstrip(")"))
+    assert "exact (the approximate map reached SSIM" in view.prob_panel.title and 0.9 <= reached <= 1
     view.close()
 
 

@@ -220,7 +220,7 @@ def interactive_defaults(size: tuple[int, int], seconds_per_forward: float, budg
     return mask, max(1, -(-(side - mask) // max(per_side - 1, 1)))
 
 
-def _grid_ssim(a: Any, b: Any) -> float:
+def grid_ssim(a: Any, b: Any) -> float:
     """SSIM of an approximate per-position grid ``a`` against the exact ``b`` (scikit-image), on b's range."""
     span = float(b.max() - b.min())
     if span == 0:
@@ -711,7 +711,7 @@ def _noisy_ssim(grid: torch.Tensor, left: torch.Tensor, rank: torch.Tensor, afte
     for _ in range(_TRIALS):
         noisy = grid.clone().flatten()
         noisy[left] += torch.randn(len(left), generator=generator, dtype=torch.float64) * size[group]
-        scores.append(_grid_ssim(noisy.view(grid.shape).numpy(), reference))
+        scores.append(grid_ssim(noisy.view(grid.shape).numpy(), reference))
     return float(sum(scores) / len(scores))
 
 

@@ -8,7 +8,7 @@ import ipywidgets as W
 import torch
 
 from ..core.session import look
-from ..explain.occlusion import MASK_VALUES, interactive_defaults, occlusion
+from ..explain.occlusion import MASK_VALUES, grid_ssim, interactive_defaults, occlusion
 from .base import Images, View, class_names, spatial_layers
 from .panel import Panel
 
@@ -86,13 +86,17 @@ class OcclusionView(View):
             if preview.params["refine"] is None:
                 return image, preview
             partial((image, preview))
-            return image, occlusion(model, image, target, **params, progress=progress, cancel=cancel)
+            exact = occlusion(model, image, target, **params, progress=progress, cancel=cancel)
+            exact.params["preview_ssim"] = grid_ssim(preview.raw.numpy(), exact.raw.numpy())  # what it reached
+            return image, exact
 
         def draw(target, outcome):
             image, result = outcome
             names = class_names(model, len(self.target.options))
             approximate = result.params.get("refine") is not None
             note = f" · preview (SSIM ≈ {result.params['ssim']:.2f})" if approximate else ""
+            if "preview_ssim" in result.params:
+                note = f" · exact (the approximate map reached SSIM {result.params['preview_ssim']:.2f})"
             self.prob_panel.show(image, result.map, title=f"P({names[target]}) with the mask here{note}")
             which = "strongest map" if params["unit"] is None else "map"
             self.unit_panel.show(image, result.unit_map,
