@@ -34,7 +34,8 @@ import torchvision
 import cnnlens as cl
 from cnnlens.core.session import look
 from cnnlens.explain.incremental import Incremental, graph_of
-from cnnlens.explain.occlusion import _linear_weights, grid_ssim, positions
+from cnnlens.explain.occlusion import positions
+from cnnlens.explain.position_grid import grid_ssim, linear_weights
 
 MASK, STRIDE = 16, 4
 
@@ -195,7 +196,7 @@ def interpolation_limit() -> list[str]:
              "with the worst 30% computed (oracle) |", "|---:|---:|---:|---:|---:|"]
     for step in (2, 3, 4):
         known = sorted(set(range(0, n, step)) | {n - 1})
-        weights = _linear_weights(known, n)
+        weights = linear_weights(known, n)
         guess = weights @ exact[known][:, known] @ weights.T
         cells = [f"{grid_ssim(guess.numpy(), exact.numpy()):.3f}"]
         worst = (guess - exact).abs().flatten().argsort(descending=True)

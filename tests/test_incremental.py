@@ -142,13 +142,13 @@ def test_quality_picks_the_drill_down_share_from_sampled_positions(default):
     of the other positions exactly, picks the smallest drill-down share whose expected SSIM reaches the ask
     (with a margin), and reports it; a finer grid where every 4th position is too coarse; the exact map where
     nothing is enough."""
-    from cnnlens.explain.occlusion import _SHARES, grid_ssim
+    from cnnlens.explain.position_grid import SHARES, grid_ssim
     model, data = default
     smooth = 9  # a held-out image whose map interpolates well
     x, label = data.images[smooth], int(data.labels[smooth])
     exact = cl.occlusion(model, x, label, mask_size=16, stride=2)
     fast = cl.occlusion(model, x, label, mask_size=16, stride=2, quality=0.9)
-    assert fast.params["calibration"] == "refine from sampled positions" and fast.params["refine"] in _SHARES
+    assert fast.params["calibration"] == "refine from sampled positions" and fast.params["refine"] in SHARES
     assert fast.params["drill"] == 4
     assert fast.params["refine"] <= 0.3 and fast.params["ssim"] >= 0.95
     assert grid_ssim(fast.raw.numpy(), exact.raw.numpy()) >= 0.9  # on the whole grid, against the exact map
@@ -165,7 +165,7 @@ def test_quality_picks_the_drill_down_share_from_sampled_positions(default):
     x, label = data.images[rough], int(data.labels[rough])
     answer = cl.occlusion(model, x, label, mask_size=16, stride=2, quality=0.9)
     reference = cl.occlusion(model, x, label, mask_size=16, stride=2).raw
-    assert answer.params["drill"] == 2 and answer.params["refine"] in _SHARES
+    assert answer.params["drill"] == 2 and answer.params["refine"] in SHARES
     assert grid_ssim(answer.raw.numpy(), reference.numpy()) >= 0.9
     torch.manual_seed(0)
     untrained = type(model)().eval()  # its map is rough at every scale: nothing is enough, the exact map
@@ -220,7 +220,7 @@ def test_first_order_estimates_at_cuts_are_gradient_times_change(default):
 def test_quality_on_a_large_map_may_stand_a_first_order_estimate_in(default):
     """From 1,000 positions the calibration also scores first-order estimates at the network's cuts plus
     the interpolated departure from them, and keeps the cheapest way that is expected to reach the quality."""
-    from cnnlens.explain.occlusion import grid_ssim
+    from cnnlens.explain.position_grid import grid_ssim
     model, data = default
     x, label = data.images[5], int(data.labels[5])
     exact = cl.occlusion(model, x, label, mask_size=8, stride=1)  # 57 × 57 positions
@@ -236,7 +236,7 @@ def test_quality_on_a_large_map_may_stand_a_first_order_estimate_in(default):
 
 
 def test_a_network_the_slope_cannot_run_through_keeps_plain_interpolation(default, monkeypatch):
-    from cnnlens.explain.occlusion import grid_ssim
+    from cnnlens.explain.position_grid import grid_ssim
 
     def fails(self, objective):
         raise RuntimeError("shape '[1, 2, 24, 28, 28]' is invalid")  # as shufflenet's channel shuffle once did

@@ -40,16 +40,26 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..core.hooks import capture
-from ..core.images import gaussian_blur, map_ssim
+from ..core.images import gaussian_blur
 from ..core.objectives import Context, Logit, Objective, Prob
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
 from ..core.session import Session, look, redone_when_weights_move
 from ._common import explanation, objective_for, positive_int
 from .incremental import Incremental, graph_of, output_node_of
+from .position_grid import (
+    SHARES,
+    between_centres,
+    cell_spread,
+    drill_indices,
+    linear_weights,
+    nearest,
+    nearest_index,
+    smallest_share,
+    unknown,
+)
 
 MASK_VALUES = ("gray", "mean", "zero", "blur")
 _CHECKED = 8  # occluded images run in full once per run, to check the incremental engine and time it
@@ -170,7 +180,7 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
         if refine is not None:  # the drill-down computes its coarse grid and a share of the rest
             side_y = positions(size[0], mask_size, stride)
             side_x = positions(size[1], mask_size, stride)
-            coarse = len(_drill_indices(len(side_y))) * len(_drill_indices(len(side_x)))
+            coarse = len(drill_indices(len(side_y), _DRILL)) * len(drill_indices(len(side_x), _DRILL))
             places = range(min(len(side_y) * len(side_x), coarse + math.ceil(refine * len(side_y) * len(side_x))))
         steps = Steps(len(batch.x) * len(places), progress, cancel)
         if batch_size is None:  # the model's activations for one batch stay about those of 64 images at 224 px
@@ -218,14 +228,6 @@ def interactive_defaults(size: tuple[int, int], seconds_per_forward: float, budg
     per_side = int((budget / max(seconds_per_forward, 1e-6)) ** 0.5)
     per_side = max(4, min(13, per_side, side - mask + 1))
     return mask, max(1, -(-(side - mask) // max(per_side - 1, 1)))
-
-
-def grid_ssim(a: Any, b: Any) -> float:
-    """SSIM of an approximate per-position grid ``a`` against the exact ``b`` (scikit-image), on b's range."""
-    span = float(b.max() - b.min())
-    if span == 0:
-        return 1.0 if float(abs(a - b).max()) == 0 else 0.0
-    return map_ssim(a, b, span)
 
 
 def _passes(size: tuple[int, int], mask_size: int, stride: int) -> list[int]:
@@ -295,7 +297,7 @@ class _Run:
         self.cut: str | None = None  # the cut whose first-order estimate stands in for uncomputed positions
         self.linear: dict[str, torch.Tensor] = {}  # cut -> B×(columns of ``values``): first-order changes
         self.estimated: dict[tuple[int, int], int] = {}  # position -> column in ``estimates``
-        self.estimates = _unknown(len(images), 0)  # B×m first-order changes at the probe, from runs up to it
+        self.estimates = unknown(len(images), 0)  # B×m first-order changes at the probe, from runs up to it
         self.make_engine = _engine_factory(session, layer, objective, tau) if incremental else None
         self.forced = incremental is True  # "auto" keeps the engine only where it is faster
         self.tau, self.refine, self.drill = tau, refine, _DRILL
@@ -345,8 +347,8 @@ class _Run:
         for key in new:
             self.values[key] = torch.cat([self.values[key], *new[key]], 1)
         for name in set(self.linear) | set(linear):
-            self.linear[name] = torch.cat([self.linear.get(name, _unknown(len(self.images), offset)),
-                                           linear.get(name, _unknown(len(self.images), len(places)))], 1)
+            self.linear[name] = torch.cat([self.linear.get(name, unknown(len(self.images), offset)),
+                                           linear.get(name, unknown(len(self.images), len(places)))], 1)
         self.done.update((p, offset + j) for j, p in enumerate(places))
 
     def _keep_linear(self, i: int, linear: dict[str, torch.Tensor], start: int, count: int, total: int) -> None:
@@ -356,7 +358,7 @@ class _Run:
         if engine is None or not self.linearize:
             return
         for node, change in engine.linear.items():
-            linear.setdefault(node.name, _unknown(len(self.images), total))[i, start:start + count] = change.cpu()
+            linear.setdefault(node.name, unknown(len(self.images), total))[i, start:start + count] = change.cpu()
         if not self.probe_decided and engine.work[0] > 0:  # the deepest cut within _PROBE_WORK of the work
             cheap = [node for node, work in engine.work_at.items() if work <= _PROBE_WORK * engine.work[0]]
             self.probe = cheap[-1].name if cheap else None
@@ -415,7 +417,7 @@ class _Run:
         if not places:
             return
         starts = torch.tensor(places, device=self.images.device)
-        found = _unknown(len(self.images), len(places))
+        found = unknown(len(self.images), len(places))
         for start in range(0, len(places), self.batch_size):
             chunk = starts[start:start + self.batch_size]
             for i, engine in self.engines.items():
@@ -480,7 +482,7 @@ class _Run:
         changes and interpolation is least trustworthy) first. With a ``cut``, what is interpolated (and
         ranked) is the grid's departure from the first-order estimate at that cut; the caller adds the
         estimate."""
-        fine_y, fine_x = _drill_indices(len(ys), drill), _drill_indices(len(xs), drill)
+        fine_y, fine_x = drill_indices(len(ys), drill), drill_indices(len(xs), drill)
         coarse_places = [(ys[i], xs[j]) for i in fine_y for j in fine_x]
         coarse_grids, coarse_labels = self._computed(coarse_places)
         if cut is not None:
@@ -488,14 +490,14 @@ class _Run:
             coarse_grids = {key: grid.double() - estimate[key] for key, grid in coarse_grids.items()}
         b, shape = len(self.images), (len(ys), len(xs))
         device = self.images.device
-        ay, ax = _linear_weights(fine_y, len(ys)).to(device), _linear_weights(fine_x, len(xs)).to(device)
+        ay, ax = linear_weights(fine_y, len(ys)).to(device), linear_weights(fine_x, len(xs)).to(device)
         grids = {key: torch.einsum("yc,bcd,xd->byx", ay, g.view(b, len(fine_y), len(fine_x)).double(), ax)
                  .reshape(b, -1) for key, g in coarse_grids.items()}
-        near_y = _nearest_index(torch.tensor(fine_y, dtype=torch.float32), len(ys)).to(device)
-        near_x = _nearest_index(torch.tensor(fine_x, dtype=torch.float32), len(xs)).to(device)
+        near_y = nearest_index(torch.tensor(fine_y, dtype=torch.float32), len(ys)).to(device)
+        near_x = nearest_index(torch.tensor(fine_x, dtype=torch.float32), len(xs)).to(device)
         labels = coarse_labels.view(b, len(fine_y), len(fine_x))[:, near_y][:, :, near_x].reshape(b, -1)
         key = "log" if isinstance(self.objective, Prob) else "target"
-        stray = _cell_spread(coarse_grids[key].view(b, len(fine_y), len(fine_x)).double(), fine_y, fine_x,
+        stray = cell_spread(coarse_grids[key].view(b, len(fine_y), len(fine_x)).double(), fine_y, fine_x,
                              shape).flatten()
         known = torch.tensor([(y, x) in self.done for y in ys for x in xs], device=stray.device)
         stray = torch.where(known, -math.inf, stray)  # positions computed already need no second look
@@ -536,7 +538,7 @@ class _Run:
         self.linearize = len(ys) * len(xs) >= _LINEAR_FROM
         try:
             for drill in _DRILLS:
-                fine_y, fine_x = _drill_indices(len(ys), drill), _drill_indices(len(xs), drill)
+                fine_y, fine_x = drill_indices(len(ys), drill), drill_indices(len(xs), drill)
                 if len(ys) * len(xs) < _FEWEST or 2 * len(fine_y) * len(fine_x) > len(ys) * len(xs):
                     break  # few positions, or a grid of half of them: nothing to gain
                 found = self._estimate(ys, xs, drill, quality)
@@ -555,9 +557,9 @@ class _Run:
         uncomputed are scored on that sample: plain interpolation of the grid, and (from ``_LINEAR_FROM``
         positions, where the model's graph has a cut within ``_PROBE_WORK`` of an exact position's work) the
         first-order estimate at that cut (:meth:`Incremental.slope`), run up to the cut for every position,
-        plus the interpolated departure from it. For each, the smallest share in ``_SHARES`` (from 0 for the
+        plus the interpolated departure from it. For each, the smallest share in ``SHARES`` (from 0 for the
         estimate) whose map is expected to reach the quality with half its shortfall to spare (the expected
-        SSIM is noisy; :func:`_share`) is found, and the one that computes fewer positions is kept in
+        SSIM is noisy; :func:`smallest_share`) is found, and the one that computes fewer positions is kept in
         ``self.refine`` and ``self.cut``, if it computes fewer than every position."""
         n = len(ys) * len(xs)
         places = [(y, x) for y in ys for x in xs]
@@ -584,8 +586,8 @@ class _Run:
                 guess = guess + self._first_order(self._changes(places))["target"].cpu()
             reference = guess.clone()  # the estimated map, exact where known
             reference[:, indices] = self.values["target"][:, columns].double().cpu()
-            found = _share(reference, cut_order, sample, guess[:, sample] - exact, (len(ys), len(xs)), quality,
-                           (0.0, *_SHARES) if cut is not None else _SHARES)
+            found = smallest_share(reference, cut_order, sample, guess[:, sample] - exact, (len(ys), len(xs)), quality,
+                           (0.0, *SHARES) if cut is not None else SHARES)
             if found is not None:
                 cost = min(math.ceil(found[0] * n), remaining)  # positions computed beyond the estimate
                 if best is None or cost < best[0]:
@@ -601,7 +603,7 @@ class _Run:
     def _changes(self, places: list[tuple[int, int]]) -> torch.Tensor:
         """B×n first-order changes at the probe for these positions: from the runs up to it, or from the exact
         runs (0 where neither has one: those positions are computed exactly)."""
-        out = _unknown(len(self.images), len(places))
+        out = unknown(len(self.images), len(places))
         recorded = self.linear.get(self.probe)
         for j, p in enumerate(places):
             if p in self.estimated:
@@ -626,7 +628,7 @@ class _Run:
             sums += torch.einsum("bk,khw->bhw", grids["target"][:, start:start + self.batch_size], windows)
         has_log = isinstance(self.objective, Prob)
         shape = (b, len(ys), len(xs))
-        wy, wx = _between_centres(ys, self.mask_size, h, device), _between_centres(xs, self.mask_size, w, device)
+        wy, wx = between_centres(ys, self.mask_size, h, device), between_centres(xs, self.mask_size, w, device)
 
         def at_position(grid: torch.Tensor) -> torch.Tensor:
             """Per pixel, the value with the mask centred there (linear between the positions' centres)."""
@@ -634,12 +636,12 @@ class _Run:
 
         mean_map = sums / counts.clamp(min=1)
         if not bool((counts > 0).all()):  # stride > mask_size: pixels no window covers take the nearest one
-            mean_map = torch.where(counts > 0, mean_map, _nearest(grids["target"].view(shape), ys, xs,
+            mean_map = torch.where(counts > 0, mean_map, nearest(grids["target"].view(shape), ys, xs,
                                                                   self.mask_size, size))
         maps: dict[str, Any] = {
             "map": at_position(grids["target"]), "raw": grids["target"].view(shape), "mean_map": mean_map,
             "unit_map": at_position(grids["unit"]).float(),
-            "label_map": _nearest(labels.view(shape), ys, xs, self.mask_size, size),
+            "label_map": nearest(labels.view(shape), ys, xs, self.mask_size, size),
             "unit_grid": grids["unit"].view(shape).float().cpu(), "label_grid": labels.view(shape).cpu(),
             "positions": [(ys, xs)] * b,
         }
@@ -654,128 +656,7 @@ _DRILL = 4  # the drill-down's coarse grid keeps every 4th position per side (an
 _DRILLS = (4, 2)  # grids a quality calibration tries, coarsest first
 _FEWEST = 64  # positions below which a calibration is not worth its cost: the exact map
 _SAMPLE = 0.06  # share of the positions a quality calibration computes to measure the interpolation's errors
-_SHARES = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # drill-down shares it tries, cheapest first
-_SHARE_MARGIN = 0.5  # it asks its estimate for half of the quality's shortfall (measured: the estimate is
-# within ±0.07 of the true SSIM on the default model's held-out images; with a first-order estimate, within
-# ±0.01 on random resnet18 at 224 px but up to 0.04 above it on the default model at stride 1)
-_TRIALS = 4  # noise draws per estimate
 _LINEAR_FROM = 1000  # positions from which a calibration also tries first-order estimates (on smaller maps their
 # bookkeeping cost more than they saved: the default model's 25 × 25 maps)
 _PROBE_WORK = 0.15  # first-order estimates are made at the deepest cut within this share of an exact position's
 # work (random resnet18 at 224 px: after layer2; each step deeper roughly doubles the cost)
-
-
-def _share(reference: torch.Tensor, order: torch.Tensor, sample: torch.Tensor, errors: torch.Tensor,
-           shape: tuple[int, int], quality: float, shares: tuple[float, ...]) -> tuple[float, float] | None:
-    """The smallest of ``shares`` (of all positions, refined in ``order``) whose map is expected to reach the
-    quality's shortfall halved (``_SHARE_MARGIN``: the expectation is noisy), and that expected SSIM; None if
-    none does. ``errors``
-    (B×len(sample)) are the estimate's errors at the ``sample`` positions (computed exactly); the expected SSIM
-    is that of the ``reference`` grid (the estimated map) against itself plus noise of those errors' size at
-    the positions left estimated (:func:`_noisy_ssim`, the worst image)."""
-    n = shape[0] * shape[1]
-    sampled = torch.zeros(n, dtype=torch.bool)
-    sampled[sample] = True
-    rest = order[~sampled[order]]  # the positions the drill-down may still refine, in its order
-    rank = torch.empty(n, dtype=torch.long)
-    rank[order] = torch.arange(len(order))
-    for share in shares:
-        budget = min(math.ceil(share * n), len(rest))
-        left = rest[budget:]
-        last = int(rank[rest[budget - 1]]) if budget else -1
-        beyond = rank[sample] > last  # sampled positions the drill-down would have left estimated
-        score = 1.0 if len(left) == 0 else min(
-            _noisy_ssim(reference[i].view(shape), left, rank, sample[beyond], errors[i][beyond])
-            for i in range(len(reference)))
-        if score >= 1 - (1 - quality) * _SHARE_MARGIN:
-            return share, score
-    return None
-
-
-def _noisy_ssim(grid: torch.Tensor, left: torch.Tensor, rank: torch.Tensor, after: torch.Tensor,
-                errors: torch.Tensor, bins: int = 4) -> float:
-    """The SSIM of ``grid`` against itself with noise at the ``left`` (flat) positions, the noise's size at each
-    the root-mean-square of the sampled ``errors`` (at positions ``after``) of similar rank (``bins`` groups by
-    rank): what interpolating those positions is expected to cost. Seeded: the same inputs, the same score."""
-    if len(after) == 0:
-        return 0.0  # nothing measured beyond the refined positions: no claim
-    edges = torch.quantile(rank[after].double(), torch.linspace(0, 1, bins + 1, dtype=torch.float64))
-    group = (torch.searchsorted(edges[1:-1], rank[left].double(), right=True)).clamp(0, bins - 1)
-    sample_group = torch.searchsorted(edges[1:-1], rank[after].double(), right=True).clamp(0, bins - 1)
-    overall = errors.pow(2).mean().sqrt()
-    size = torch.stack([errors[sample_group == g].pow(2).mean().sqrt() if bool((sample_group == g).any())
-                        else overall for g in range(bins)])
-    generator = torch.Generator().manual_seed(0)
-    scores = []
-    reference = grid.numpy()
-    for _ in range(_TRIALS):
-        noisy = grid.clone().flatten()
-        noisy[left] += torch.randn(len(left), generator=generator, dtype=torch.float64) * size[group]
-        scores.append(grid_ssim(noisy.view(grid.shape).numpy(), reference))
-    return float(sum(scores) / len(scores))
-
-
-def _unknown(rows: int, columns: int) -> torch.Tensor:
-    return torch.full((rows, columns), math.nan, dtype=torch.float64)
-
-
-def _drill_indices(n: int, drill: int = _DRILL) -> list[int]:
-    return sorted(set(range(0, n, drill)) | {n - 1})
-
-
-def _cell_spread(coarse: torch.Tensor, known_y: list[int], known_x: list[int], shape: tuple[int, int]
-                 ) -> torch.Tensor:
-    """Per fine position (ny×nx), the spread (max − min over the images and the four corners) of the coarse
-    cell it lies in; ``coarse`` is B×len(known_y)×len(known_x)."""
-    if coarse.shape[1] < 2 or coarse.shape[2] < 2:
-        return torch.zeros(shape, dtype=coarse.dtype, device=coarse.device)
-    corners = coarse[:, None]
-    spread = (F.max_pool2d(corners, 2, 1) + F.max_pool2d(-corners, 2, 1))[:, 0].amax(0)  # cells
-    cell_y = (torch.searchsorted(torch.tensor(known_y), torch.arange(shape[0]), right=True) - 1).clamp(
-        0, len(known_y) - 2).to(coarse.device)
-    cell_x = (torch.searchsorted(torch.tensor(known_x), torch.arange(shape[1]), right=True) - 1).clamp(
-        0, len(known_x) - 2).to(coarse.device)
-    return spread[cell_y][:, cell_x]
-
-
-def _interpolation_weights(knots: torch.Tensor, length: int) -> torch.Tensor:
-    """length×len(knots) float64 weights that interpolate values given at the ascending ``knots`` linearly
-    over 0..length−1 (constant beyond the outermost knots)."""
-    weights = torch.zeros(length, len(knots), dtype=torch.float64)
-    if len(knots) == 1:
-        weights[:, 0] = 1.0
-        return weights
-    t = torch.arange(length, dtype=torch.float64).clamp(float(knots[0]), float(knots[-1]))
-    upper = torch.searchsorted(knots, t, right=True).clamp(1, len(knots) - 1)
-    lower = upper - 1
-    frac = (t - knots[lower]) / (knots[upper] - knots[lower])
-    rows = torch.arange(length)
-    weights[rows, lower] = 1 - frac
-    weights[rows, upper] += frac
-    return weights
-
-
-def _linear_weights(known: list[int], n: int) -> torch.Tensor:
-    """n×len(known) weights interpolating values known at indices ``known`` linearly over 0..n−1."""
-    return _interpolation_weights(torch.tensor(known, dtype=torch.float64), n)
-
-
-def _between_centres(starts: list[int], mask_size: int, length: int, device: torch.device) -> torch.Tensor:
-    """length×n weights that interpolate n per-position values linearly between the positions' centres
-    (constant beyond the outermost centres), so a pixel's value is the one with the mask centred on it."""
-    centres = torch.tensor(starts, dtype=torch.float64) + (mask_size - 1) / 2
-    return _interpolation_weights(centres, length).to(device)
-
-
-def _nearest_index(knots: torch.Tensor, length: int) -> torch.Tensor:
-    """For each of 0..length−1, the index of the nearest of ``knots`` (float32; the first on a tie)."""
-    return (torch.arange(length, dtype=torch.float32)[:, None] - knots[None]).abs().argmin(1)
-
-
-def _nearest(grid: torch.Tensor, ys: list[int], xs: list[int], mask_size: int, size: tuple[int, int]) -> torch.Tensor:
-    """Per pixel, the grid value of the mask position whose centre is nearest (B×H×W)."""
-    def nearest(starts: list[int], length: int) -> torch.Tensor:
-        return _nearest_index(torch.tensor(starts, dtype=torch.float32) + (mask_size - 1) / 2, length)
-
-    iy, ix = nearest(ys, size[0]).to(grid.device), nearest(xs, size[1]).to(grid.device)
-    return grid[:, iy][:, :, ix]

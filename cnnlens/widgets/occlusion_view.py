@@ -8,7 +8,8 @@ import ipywidgets as W
 import torch
 
 from ..core.session import look
-from ..explain.occlusion import MASK_VALUES, grid_ssim, interactive_defaults, occlusion
+from ..explain.occlusion import MASK_VALUES, interactive_defaults, occlusion
+from ..explain.position_grid import grid_ssim
 from .base import Images, View, class_names, spatial_layers
 from .panel import Panel
 
