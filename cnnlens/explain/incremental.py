@@ -482,21 +482,23 @@ def _cuts(nodes: list[fx.Node], modules: dict[str, nn.Module]) -> list[fx.Node]:
     return cuts
 
 
+def _rectangles(source: torch.Tensor, y: torch.Tensor, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """P×C×(h·w): the h×w rectangles of ``source`` (C×H×W) with top-left corners at rows ``y``, columns ``x``
+    (P each), in one gather."""
+    count, channels = len(y), source.shape[0]
+    rows = y[:, None] + torch.arange(h, device=y.device)  # P×h
+    cols = x[:, None] + torch.arange(w, device=x.device)
+    index = (rows[:, :, None] * source.shape[-1] + cols[:, None, :]).view(count, 1, h * w)
+    return torch.gather(source.reshape(1, channels, -1).expand(count, -1, -1), 2, index.expand(-1, channels, -1))
+
+
 def _first_order(region: Region, grad: torch.Tensor) -> torch.Tensor:
     """Per position (float64), the gradient (1×C×H×W) times the change of the map over the region's rectangle
     (outside it the map is the clean one)."""
     h, w = region.size
-    rows = region.y[:, None] + torch.arange(h, device=region.y.device)  # P×h
-    cols = region.x[:, None] + torch.arange(w, device=region.x.device)
-    index = (rows[:, :, None] * region.clean.shape[-1] + cols[:, None, :]).view(len(rows), 1, h * w)
-    count, channels = len(rows), region.clean.shape[1]
-
-    def crops(tensor: torch.Tensor) -> torch.Tensor:  # P×C×(h·w), one gather (as _read)
-        return torch.gather(tensor.reshape(1, channels, -1).expand(count, -1, -1), 2,
-                            index.expand(-1, channels, -1))
-
-    change = region.data.reshape(count, channels, -1) - crops(region.clean)
-    return torch.einsum("pcn,pcn->p", change, crops(grad)).double()
+    change = region.data.reshape(len(region.y), region.clean.shape[1], -1) \
+        - _rectangles(region.clean[0], region.y, region.x, h, w)
+    return torch.einsum("pcn,pcn->p", change, _rectangles(grad[0], region.y, region.x, h, w)).double()
 
 
 _OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
@@ -554,12 +556,7 @@ def _read(value: Region, y: torch.Tensor, x: torch.Tensor, h: int, w: int, pad: 
     count, channels = len(y), clean.shape[0]
     if work is not None:  # a gather and a paste, and the dozen small operations around them
         work[0] += 2.0 * count * channels * h * w + _OPERATION
-    full_width = source.shape[-1]
-    rows = (y + top)[:, None] + torch.arange(h, device=y.device)  # P×h, in the padded map
-    cols = (x + left)[:, None] + torch.arange(w, device=x.device)
-    index = (rows[:, :, None] * full_width + cols[:, None, :]).view(count, 1, h * w)
-    out = torch.gather(source.reshape(1, channels, -1).expand(count, -1, -1), 2,
-                       index.expand(-1, channels, -1))  # P×C×(h·w), contiguous: the plain forward's layout
+    out = _rectangles(source, y + top, x + left, h, w)  # P×C×(h·w), contiguous: the plain forward's layout
     # paste the value's own rectangles: their positions inside the requested ones, where they fall inside
     rh, rw = value.size
     in_rows = (value.y - y)[:, None] + torch.arange(rh, device=y.device)  # P×rh
@@ -615,10 +612,7 @@ def _unit_total(value: Any, unit: int, count: int) -> torch.Tensor:
     if isinstance(value, Full):
         return value.data[:, unit].flatten(1).double().sum(1)
     if isinstance(value, Region):
-        h, w = value.size
-        clean = value.clean[0, unit].double()
-        rows = value.y[:, None] + torch.arange(h, device=value.y.device)
-        cols = value.x[:, None] + torch.arange(w, device=value.x.device)
-        inside = clean[rows[:, :, None], cols[:, None, :]].flatten(1).sum(1)
+        clean = value.clean[0, unit:unit + 1].double()
+        inside = _rectangles(clean, value.y, value.x, *value.size).flatten(1).sum(1)
         return clean.sum() - inside + value.data[:, unit].double().flatten(1).sum(1)
     return value[0, unit].double().sum().expand(count)

@@ -359,10 +359,6 @@ class _Run:
             return
         for node, change in engine.linear.items():
             linear.setdefault(node.name, unknown(len(self.images), total))[i, start:start + count] = change.cpu()
-        if not self.probe_decided and engine.work[0] > 0:  # the deepest cut within _PROBE_WORK of the work
-            cheap = [node for node, work in engine.work_at.items() if work <= _PROBE_WORK * engine.work[0]]
-            self.probe = cheap[-1].name if cheap else None
-            self.probe_decided = True
 
     def _fill_of(self, i: int) -> torch.Tensor:
         """What the occluder shows on image ``i`` (made once per run: a blur is not free)."""
@@ -389,6 +385,10 @@ class _Run:
             [n for n in engine.cuts if n.name == self.probe]  # every cut until the probe is decided
         output, unit_total = engine.run(chunk[:, 0], chunk[:, 1], self._crops(i, chunk), int(self.units[i]),
                                         estimate_at=estimate_at)
+        if self.linearize and not self.probe_decided and engine.work[0] > 0:  # from the first batch's work:
+            cheap = [node for node, work in engine.work_at.items() if work <= _PROBE_WORK * engine.work[0]]
+            self.probe = cheap[-1].name if cheap else None  # the deepest cut within _PROBE_WORK of it
+            self.probe_decided = True
         return self.s.checked_logits(output), unit_total
 
     def _crops(self, i: int, chunk: torch.Tensor) -> torch.Tensor:
