@@ -361,6 +361,7 @@ function render({ model, el: root }) {
       count += 1;
       root.dataset.computeMs = String(model.get("compute_ms"));
       root.dataset.results = String(model.get("results"));
+      root.dataset.partial = String(model.get("partial"));
       root.dataset.renderCount = String(count);
     }
     root.dataset.kind = kind;

@@ -62,10 +62,16 @@ def test_stop_cancels_running_work():
 
 
 def test_partial_results_stream_at_a_bounded_rate_and_the_final_one_lands():
-    runner = LiveRunner([Panel("heatmap")])
-    published = []
+    panel = Panel("heatmap")
+    runner = LiveRunner([panel])
+    published, marked = [], []
 
     elapsed = []
+
+    def publish(result):
+        panel.show(torch.rand(3, 8, 8), torch.rand(8, 8))
+        published.append(result)
+        marked.append(panel.partial)
 
     def streaming(progress, cancel, partial):
         start = time.monotonic()
@@ -75,11 +81,13 @@ def test_partial_results_stream_at_a_bounded_rate_and_the_final_one_lands():
         elapsed.append(time.monotonic() - start)
         return "final"
 
-    runner.submit(streaming, published.append)
+    runner.submit(streaming, publish)
     assert runner.wait(10)
     assert published[0] == 0 and published[-1] == "final"
     partials = len(published) - 1
     assert 2 <= partials <= elapsed[0] / 0.1 + 1 < 30  # at most one partial per 0.1 s, far fewer than offered
+    # the front end (and the browser tests) tell a streamed partial from the final result by this marker
+    assert marked == [True] * partials + [False]
 
 
 def test_lime_streams_refits_as_samples_accumulate(shapes):

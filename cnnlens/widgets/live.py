@@ -192,8 +192,9 @@ class LiveRunner:
         with self._lock:
             if generation != self._generation:
                 return False
-            if compute_ms is not None:
-                for panel in self.panels:
+            for panel in self.panels:
+                panel.next_partial = compute_ms is None
+                if compute_ms is not None:
                     panel.next_compute_ms = compute_ms
             publish(result)
             return True

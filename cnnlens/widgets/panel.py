@@ -80,6 +80,7 @@ class Panel(anywidget.AnyWidget):
     details = traitlets.Unicode("").tag(sync=True)  # the error's full traceback, behind a "details" toggle
     compute_ms = traitlets.Float(0.0).tag(sync=True)  # how long the kernel computed the shown result
     results = traitlets.Int(0).tag(sync=True)  # how many results the kernel has published (a marker for tests)
+    partial = traitlets.Bool(False).tag(sync=True)  # the shown result is a streamed partial; the final one follows
 
     def __init__(self, kind: str = "heatmap", title: str = "", max_side: int = 320, **kwargs):
         if kind not in KINDS:
@@ -87,6 +88,7 @@ class Panel(anywidget.AnyWidget):
         super().__init__(kind=kind, title=title, **kwargs)
         self.max_side = max_side
         self.next_compute_ms = 0.0  # set by the live runner; sent with the next result
+        self.next_partial = False  # set by the live runner: whether the next result is a streamed partial
         self._stop_handlers: list = []
         self.on_msg(self._message)
 
@@ -180,6 +182,7 @@ class Panel(anywidget.AnyWidget):
             for key, value in payload.items():
                 setattr(self, key, value)
             self.compute_ms = self.next_compute_ms
+            self.partial = self.next_partial
             self.results += 1
             if self.error:
                 self.error = ""

@@ -53,11 +53,13 @@ def render_count(panel) -> int:
 
 
 def wait_redraw(page, panel, before: int, pixels: str | None = None, timeout: float = 60_000) -> None:
-    """Wait for a new drawing and an idle panel; with ``pixels``, until the canvas differs from them too (a
-    streamed method's first partial can draw, and the panel read idle, before its job reports running)."""
+    """Wait for a new drawing of a final result and an idle panel; with ``pixels``, until the canvas differs
+    from them too. (A streamed method's partials can draw, and the panel read idle, before its job reports
+    running: the panel's ``partial`` marker tells them from the final result.)"""
     handle = panel.element_handle()
     page.wait_for_function(
         """([el, n, p]) => +(el.dataset.renderCount || 0) > n && el.dataset.status !== 'running'
+            && el.dataset.partial !== 'true'
             && (p === null || (() => { const c = el.querySelector('canvas.cl-canvas');
                                       return (c && !c.hidden ? c.toDataURL() : '') !== p; })())""",
         arg=[handle, before, pixels], timeout=timeout)
