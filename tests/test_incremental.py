@@ -4,6 +4,7 @@ with a safe fall-back; and the approximate modes with their measured quality."""
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ import cnnlens as cl
 from cnnlens.explain import incremental as engine_module
 
 from .conftest import assert_unchanged, random_model, snapshot
+
+occlusion_module = sys.modules["cnnlens.explain.occlusion"]  # (the package exports the function by that name)
 
 MAPS = ("unit_map", "drop_map", "log_map", "mean_map")
 
@@ -222,7 +225,7 @@ def test_quality_on_a_large_map_may_stand_a_first_order_estimate_in(default):
     the interpolated departure from them, and keeps the cheapest way that is expected to reach the quality."""
     from cnnlens.explain.position_grid import grid_ssim
     model, data = default
-    x, label = data.images[5], int(data.labels[5])
+    x, label = data.images[8], int(data.labels[8])  # a held-out image whose estimate is cheaper than interpolation
     exact = cl.occlusion(model, x, label, mask_size=8, stride=1)  # 57 × 57 positions
     model.fc.weight.grad = torch.ones_like(model.fc.weight)  # a gradient of the user's own, to be left alone
     before = snapshot(model)
@@ -231,8 +234,23 @@ def test_quality_on_a_large_map_may_stand_a_first_order_estimate_in(default):
     model.fc.weight.grad = None
     assert fast.params["cut"] == "stage2_relu1" and fast.params["calibration"].startswith("first-order")
     assert grid_ssim(fast.raw.numpy(), exact.raw.numpy()) >= 0.9
+    assert 0 <= float(fast.raw.min()) and float(fast.raw.max()) <= 1  # estimated or not, a probability
+    assert fast.params["sampled"] <= occlusion_module._SAMPLE_MOST * len(occlusion_module._DRILLS)
     again = cl.occlusion(model, x, label, mask_size=8, stride=1, quality=0.9)
     assert torch.equal(again.raw, fast.raw) and again.params == fast.params
+
+
+def test_expected_ssim_is_scaled_by_the_range_known_exactly():
+    """An estimate's outlier (a probability above 1, say) must not widen the range SSIM's constants are scaled
+    by: the same noise then looks smaller and the calibration would promise too much."""
+    from cnnlens.explain.position_grid import noisy_ssim
+    grid = 0.4 + 0.2 * torch.rand(20, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    grid[3, 3] = 2.0  # an estimated position far outside the exact values' range
+    flat, sampled = torch.arange(400), torch.arange(0, 400, 10)
+    errors = torch.full((len(sampled),), 0.02, dtype=torch.float64)
+    widened = noisy_ssim(grid, flat, flat, sampled, errors, float(grid.max() - grid.min()))
+    known = noisy_ssim(grid, flat, flat, sampled, errors, 0.2)
+    assert known < widened - 0.01
 
 
 def test_a_network_the_slope_cannot_run_through_keeps_plain_interpolation(default, monkeypatch):

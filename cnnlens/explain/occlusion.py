@@ -50,6 +50,8 @@ from ..core.session import Session, look, redone_when_weights_move
 from ._common import explanation, objective_for, positive_int
 from .incremental import Incremental, graph_of, output_node_of
 from .position_grid import (
+    ESTIMATE_MARGIN,
+    SHARE_MARGIN,
     SHARES,
     between_centres,
     cell_spread,
@@ -433,8 +435,8 @@ class _Run:
         """The grids (target, unit, log) a first-order ``change`` (B×n) of the objective gives: the clean
         value moved by it (the probability through its log); the unit's total has no estimate (0)."""
         change = change.to(self.images.device)
-        if isinstance(self.objective, Prob):
-            log = self.clean_log.view(-1, 1).double() + change
+        if isinstance(self.objective, Prob):  # a log-probability is at most 0, whatever the first order says
+            log = (self.clean_log.view(-1, 1).double() + change).clamp(max=0.0)
             return {"target": log.exp(), "log": log, "unit": torch.zeros_like(change)}
         return {"target": self.clean.view(-1, 1).double().to(change.device) + change,
                 "log": torch.zeros_like(change), "unit": torch.zeros_like(change)}
@@ -520,6 +522,9 @@ class _Run:
             self._estimate_up_to_probe(places)
             for key, value in self._first_order(self._changes(places)).items():
                 grids[key] += value
+            if isinstance(self.objective, Prob):  # estimate plus departure: still a probability
+                grids["target"].clamp_(0.0, 1.0)
+                grids["log"].clamp_(max=0.0)
         indices, columns = self._computed_columns(places)  # every position computed keeps its exact value
         for k in grids:
             grids[k][:, indices] = self.values[k][:, columns].to(grids[k].dtype)
@@ -558,13 +563,14 @@ class _Run:
         positions, where the model's graph has a cut within ``_PROBE_WORK`` of an exact position's work) the
         first-order estimate at that cut (:meth:`Incremental.slope`), run up to the cut for every position,
         plus the interpolated departure from it. For each, the smallest share in ``SHARES`` (from 0 for the
-        estimate) whose map is expected to reach the quality with half its shortfall to spare (the expected
-        SSIM is noisy; :func:`smallest_share`) is found, and the one that computes fewer positions is kept in
-        ``self.refine`` and ``self.cut``, if it computes fewer than every position."""
+        estimate) whose map is expected to reach the quality with part of its shortfall to spare (the expected
+        SSIM is noisy; ``SHARE_MARGIN``, ``ESTIMATE_MARGIN``, :func:`smallest_share`) is found, and the one
+        that computes fewer positions is kept in ``self.refine`` and ``self.cut``, if it computes fewer than
+        every position. The sample is at most ``_SAMPLE_MOST`` positions."""
         n = len(ys) * len(xs)
         places = [(y, x) for y in ys for x in xs]
         grids, _, order = self._drill_plan(ys, xs, drill)
-        count = min(len(order), math.ceil(_SAMPLE * n))
+        count = min(len(order), math.ceil(_SAMPLE * n), _SAMPLE_MOST)
         if count == 0:
             return {"ssim": 1.0, "calibration": "exact", "sampled": 0}
         probe = self.probe if self.probe in self.linear and bool(
@@ -577,6 +583,8 @@ class _Run:
         exact, _ = self._computed([places[int(i)] for i in sample])
         exact = exact["target"].double().cpu()
         indices, columns = self._computed_columns(places)
+        known = self.values["target"][:, columns].double().cpu()
+        spans = known.amax(1) - known.amin(1)  # each image's range where known exactly
         remaining = n - len(indices)
         if probe is not None:
             self._estimate_up_to_probe(places)
@@ -585,9 +593,10 @@ class _Run:
             if cut is not None:  # the probe's estimate everywhere, plus the interpolated departure
                 guess = guess + self._first_order(self._changes(places))["target"].cpu()
             reference = guess.clone()  # the estimated map, exact where known
-            reference[:, indices] = self.values["target"][:, columns].double().cpu()
+            reference[:, indices] = known
             found = smallest_share(reference, cut_order, sample, guess[:, sample] - exact, (len(ys), len(xs)), quality,
-                           (0.0, *SHARES) if cut is not None else SHARES)
+                                   (0.0, *SHARES) if cut is not None else SHARES, spans,
+                                   ESTIMATE_MARGIN if cut is not None else SHARE_MARGIN)
             if found is not None:
                 cost = min(math.ceil(found[0] * n), remaining)  # positions computed beyond the estimate
                 if best is None or cost < best[0]:
@@ -656,6 +665,8 @@ _DRILL = 4  # the drill-down's coarse grid keeps every 4th position per side (an
 _DRILLS = (4, 2)  # grids a quality calibration tries, coarsest first
 _FEWEST = 64  # positions below which a calibration is not worth its cost: the exact map
 _SAMPLE = 0.06  # share of the positions a quality calibration computes to measure the interpolation's errors
+_SAMPLE_MOST = 120  # and at most this many (enough for the errors' size per rank group; on large maps the sample
+# would otherwise cost more than the estimate it checks)
 _LINEAR_FROM = 1000  # positions from which a calibration also tries first-order estimates (on smaller maps their
 # bookkeeping cost more than they saved: the default model's 25 × 25 maps)
 _PROBE_WORK = 0.15  # first-order estimates are made at the deepest cut within this share of an exact position's
