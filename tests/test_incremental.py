@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import weakref
 
 import pytest
 import torch
@@ -98,6 +99,23 @@ def test_an_untraceable_model_runs_in_full():
     result = cl.occlusion(model, x, 0, mask_size=8, stride=4)
     assert result.params["inference"] == "full"
     torch.testing.assert_close(result.map, cl.occlusion(model, x, 0, mask_size=8, stride=4, incremental=False).map)
+
+
+@pytest.mark.parametrize("faster", [0.0, math.inf])
+def test_auto_times_a_batch_where_the_work_saved_is_modest(default, monkeypatch, faster):
+    """Where the engine saves some work but not clearly enough, "auto" runs the first batch in full too, timed,
+    and keeps whichever was faster (``_FASTER``); the map is the full forward's either way."""
+    model, data = default
+    monkeypatch.setattr(occlusion_module, "_WORTH", math.inf)  # no saving is clear enough
+    monkeypatch.setattr(occlusion_module, "_TIMED_FROM", 0.0)  # every saving is timed
+    monkeypatch.setattr(occlusion_module, "_FASTER", faster)  # 0: the engine wins; inf: full re-inference wins
+    monkeypatch.setattr(occlusion_module, "_DECISIONS", weakref.WeakKeyDictionary())  # nothing decided yet
+    result = cl.occlusion(model, data.images[2], 1, mask_size=16, stride=6)
+    assert result.params["inference"] == ("incremental" if faster == 0 else "full")
+    monkeypatch.undo()
+    full = cl.occlusion(model, data.images[2], 1, mask_size=16, stride=6, incremental=False)
+    torch.testing.assert_close(result.map, full.map, rtol=0, atol=1e-6)
+    torch.testing.assert_close(result.extras["unit_map"], full.extras["unit_map"], rtol=0, atol=1e-5)
 
 
 def test_an_engine_that_disagrees_with_the_plain_forward_hands_over_to_it(default, monkeypatch):

@@ -35,6 +35,7 @@ The per-position grids are in ``raw`` (target), ``unit_grid`` and ``label_grid``
 from __future__ import annotations
 
 import math
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +69,9 @@ _CHECKED = 8  # occluded images run in full once per run, to check the increment
 _WORTH = 2.0  # "auto" keeps the engine where a full batch is at least this many times its work (measured:
 # resnet18 2.2 → 3.4× faster, vgg16 6.9 → 8.9×, default model 2.4 → 2.9×; densenet121 1.9 → 0.55×,
 # mobilenet_v3_small 1.1 → 0.85×: small crops and many small operations cost more per unit of work)
+_TIMED_FROM = 1.3  # between this and _WORTH, the first batch also runs in full, timed, and the engine is kept if
+_FASTER = 1.1  # the full batch took this many times its time (measured on a first batch: resnet34, work ratio
+# 1.5, runs 1.7× faster incrementally; densenet121, work ratio 1.9, 4× slower). The maps are the same either way
 _DECISIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared net -> {setting: use the engine}
 
 
@@ -302,6 +306,7 @@ class _Run:
         self.estimates = unknown(len(images), 0)  # B×m first-order changes at the probe, from runs up to it
         self.make_engine = _engine_factory(session, layer, objective, tau) if incremental else None
         self.forced = incremental is True  # "auto" keeps the engine only where it is faster
+        self.engine_seconds = 0.0  # the engine's last batch
         self.tau, self.refine, self.drill = tau, refine, _DRILL
         self.engines: dict[int, Incremental] = {}  # per image: its clean activations
         self.fills: dict[int, torch.Tensor] = {}  # per image: what the occluder shows
@@ -385,8 +390,10 @@ class _Run:
         engine = self.engines[i]
         estimate_at = () if not self.linearize else engine.cuts if not self.probe_decided else \
             [n for n in engine.cuts if n.name == self.probe]  # every cut until the probe is decided
+        start = time.perf_counter()
         output, unit_total = engine.run(chunk[:, 0], chunk[:, 1], self._crops(i, chunk), int(self.units[i]),
                                         estimate_at=estimate_at)
+        self.engine_seconds = time.perf_counter() - start  # for "auto"'s check on the first batch
         if self.linearize and not self.probe_decided and engine.work[0] > 0:  # from the first batch's work:
             cheap = [node for node, work in engine.work_at.items() if work <= _PROBE_WORK * engine.work[0]]
             self.probe = cheap[-1].name if cheap else None  # the deepest cut within _PROBE_WORK of it
@@ -447,7 +454,8 @@ class _Run:
         engine applies. Its first batch is also run in full on a few positions, once per model and setting,
         as a check: the engine must agree with the plain forward (else the trace missed something, such as
         data-dependent control flow) and, for "auto", save enough work (else this model gains nothing: dense
-        connections, early global context); if not, the rest runs in full."""
+        connections, early global context), or, where the work saved is modest, be faster than the whole batch
+        run in full, timed; if not, the rest runs in full."""
         found = self._incremental(i, chunk, image)
         if found is None:
             out = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
@@ -460,12 +468,20 @@ class _Run:
         agree = torch.allclose(found[0][:n], out, rtol=1e-3, atol=1e-4 * max(1.0, float(out.abs().max())))
         done, full = self.engines[i].work
         keep = agree and (self.forced or full >= _WORTH * done)
+        plain = None
+        if agree and not keep and full >= _TIMED_FROM * done:  # in between, work does not tell: time the batch
+            start = time.perf_counter()
+            plain = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
+            plain = plain, self.cap[self.layer][:, self.units[i]].flatten(1).double().sum(1)
+            keep = time.perf_counter() - start >= _FASTER * self.engine_seconds
         if not self.forced:
             _DECISIONS.setdefault(self.s._shared, {})[self.decision_key] = keep
         if keep:
             return found
         self.make_engine, self.engines = None, {}
         self.inference = "full" if agree else "full (the incremental engine disagreed)"
+        if plain is not None:  # already run in full
+            return plain
         out = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
         return out, self.cap[self.layer][:, self.units[i]].flatten(1).double().sum(1)
 
