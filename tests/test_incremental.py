@@ -236,6 +236,17 @@ def test_first_order_estimates_at_cuts_are_gradient_times_change(default):
         out, _ = engine.run(starts[:, 0], starts[:, 1], crops, None, stop=cut, estimate_at=[cut])  # up to it only
         assert out is None and list(engine.linear) == [cut]
         torch.testing.assert_close(engine.linear[cut], expected, rtol=1e-4, atol=1e-7)
+        # a run's own cap (the calibration's probe) is that of an engine made with it, and leaves the engine's
+        engine.run(starts[:, 0], starts[:, 1], crops, None, stop=cut, estimate_at=[cut], tau=0.3)
+        capped_run = engine.linear[cut].clone()
+        capped = engine_module.Incremental(s.net, graph, None, 0.3)
+        capped.clean(net_x)
+        capped.slopes = engine.slopes
+        capped.run(starts[:, 0], starts[:, 1], crops, None, stop=cut, estimate_at=[cut])
+        torch.testing.assert_close(capped_run, capped.linear[cut], rtol=0, atol=0)
+        assert not torch.allclose(capped_run, expected, rtol=1e-3, atol=1e-6)  # the cap changed the estimate
+        engine.run(starts[:, 0], starts[:, 1], crops, None, stop=cut, estimate_at=[cut])
+        torch.testing.assert_close(engine.linear[cut], expected, rtol=1e-4, atol=1e-7)
 
 
 def test_quality_on_a_large_map_may_stand_a_first_order_estimate_in(default):

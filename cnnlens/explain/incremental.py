@@ -208,6 +208,7 @@ class Incremental:
         self.linear: dict[fx.Node, torch.Tensor] = {}  # the last batch: cut -> first-order change per position
         self.work_at: dict[fx.Node, float] = {}  # the last batch: cut (with a slope) -> work done up to it
         self._sized: set[fx.Node] = set()
+        self._run_tau = tau  # the cap of the run in progress
 
     # --- the clean run -------------------------------------------------------------------------------
 
@@ -293,7 +294,8 @@ class Incremental:
     # --- the occluded batch --------------------------------------------------------------------------
 
     def run(self, y: torch.Tensor, x: torch.Tensor, crops: torch.Tensor, unit: int | None,
-            stop: fx.Node | None = None, estimate_at: Collection[fx.Node] = ()) -> tuple[Any, torch.Tensor | None]:
+            stop: fx.Node | None = None, estimate_at: Collection[fx.Node] = (), tau: float | None = None
+            ) -> tuple[Any, torch.Tensor | None]:
         """The network's output for P occluded images: the clean image with ``crops`` (P×C×m×m, already in
         the network's input space) at rows ``y`` and columns ``x`` (P each); and the watched layer's total
         of channel ``unit`` per position (float64), when a unit is asked for (and reached before ``stop``).
@@ -301,7 +303,9 @@ class Incremental:
         At every cut of ``estimate_at`` with a slope (:meth:`slope`) that is still a rectangle there,
         ``self.linear[cut]`` holds the first-order change of the objective per position: the gradient times the
         change of the cut's output. With ``stop`` (a cut), the run ends there and the output is None: the
-        first-order estimates cost only the layers up to the cut."""
+        first-order estimates cost only the layers up to the cut. ``tau`` caps this run's rectangles instead of
+        the engine's own ``tau``."""
+        self._run_tau = self.tau if tau is None else tau
         env: dict[fx.Node, Any] = {}
         total = None
         self.work = [0.0, 0.0]
@@ -447,7 +451,8 @@ class Incremental:
         return ys[0], xs[0], ys[1], xs[1]
 
     def _cap(self, length: int) -> int | None:
-        return None if self.tau is None or self.tau >= 1 else max(1, math.ceil(self.tau * length))
+        tau = self._run_tau
+        return None if tau is None or tau >= 1 else max(1, math.ceil(tau * length))
 
 
 def _cuts(nodes: list[fx.Node], modules: dict[str, nn.Module]) -> list[fx.Node]:
