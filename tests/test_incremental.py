@@ -282,6 +282,22 @@ def test_expected_ssim_is_scaled_by_the_range_known_exactly():
     assert known < widened - 0.01
 
 
+def test_ssim_of_maps_that_vary_far_less_than_their_level_is_stable():
+    """A random network's class probability can be 1e-3 ± 1e-10 over the positions: SSIM's variances then
+    cancelled to noise (values of ±10⁷ were reported). Its value is that of the same maps at a level that
+    float64 holds exactly (a thousand ranges: there the luminance term is 1 within 1e-6)."""
+    from cnnlens.explain.position_grid import grid_ssim
+    g = torch.Generator().manual_seed(0)
+    exact = torch.rand(30, 30, generator=g, dtype=torch.float64)
+    approx = exact + 0.2 * torch.randn(30, 30, generator=g, dtype=torch.float64)
+    span = float(exact.max() - exact.min())
+    held = grid_ssim((1e3 * span + approx).numpy(), (1e3 * span + exact).numpy())
+    assert 0.3 < held < 0.95
+    for level, scale in ((1e-3, 1e-10), (5.0, 1e-9), (-2.0, 1e-8)):
+        moved = grid_ssim((level + scale * approx).numpy(), (level + scale * exact).numpy())
+        assert moved == pytest.approx(held, abs=1e-4)
+
+
 def test_a_network_the_slope_cannot_run_through_keeps_plain_interpolation(default, monkeypatch):
     from cnnlens.explain.position_grid import grid_ssim
 

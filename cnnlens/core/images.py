@@ -8,6 +8,7 @@ model wants RGB. Turning tensors and maps into pixels is ``display.py``'s job.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,14 +157,27 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(y, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+_LEVEL = 1e3  # map_ssim moves maps whose mean is beyond this many data ranges from 0 back to it
+
+
 def map_ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
-    """SSIM of two 2-D maps (scikit-image, a 7-pixel window or the largest odd one that fits); maps too small
-    for a window (a side under 3) get one minus the mean absolute difference, on the same range."""
+    """SSIM of two 2-D maps (scikit-image, in float64, a 7-pixel window or the largest odd one that fits); maps
+    too small for a window (a side under 3) get one minus the mean absolute difference, on the same range.
+
+    A map can vary by far less than its level (a random network's probability of a class: 1e-3 ± 1e-10); SSIM's
+    variances, computed as E[x²] − E[x]², then cancel to noise (values of ±10⁷ were seen). Both maps are moved
+    by the same amount until their level is ``_LEVEL`` data ranges: that changes only SSIM's luminance term, by
+    less than 1e-6 (it is 1 − (μa − μb)² / (μa² + μb² + C1))."""
     from skimage.metrics import structural_similarity
 
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     side = min(a.shape)
     if side < 3:
         return float(1 - np.abs(a - b).mean() / data_range)
+    level = float(b.mean())
+    if abs(level) > _LEVEL * data_range:
+        shift = level - math.copysign(_LEVEL * data_range, level)
+        a, b = a - shift, b - shift
     return float(structural_similarity(a, b, data_range=data_range,
                                        win_size=min(7, side if side % 2 else side - 1)))
 
