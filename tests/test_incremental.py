@@ -254,7 +254,7 @@ def test_quality_on_a_large_map_may_stand_a_first_order_estimate_in(default):
     the interpolated departure from them, and keeps the cheapest way that is expected to reach the quality."""
     from cnnlens.explain.position_grid import grid_ssim
     model, data = default
-    x, label = data.images[8], int(data.labels[8])  # a held-out image whose estimate is cheaper than interpolation
+    x, label = data.images[44], int(data.labels[44])  # a held-out image whose estimate is cheaper than interpolation
     exact = cl.occlusion(model, x, label, mask_size=8, stride=1)  # 57 × 57 positions
     model.fc.weight.grad = torch.ones_like(model.fc.weight)  # a gradient of the user's own, to be left alone
     before = snapshot(model)
@@ -280,6 +280,22 @@ def test_expected_ssim_is_scaled_by_the_range_known_exactly():
     widened = noisy_ssim(grid, flat, flat, sampled, errors, float(grid.max() - grid.min()))
     known = noisy_ssim(grid, flat, flat, sampled, errors, 0.2)
     assert known < widened - 0.01
+
+
+def test_a_bound_on_the_errors_size_lowers_the_expected_ssim_most_where_they_are_heavy_tailed():
+    """With ``bound``, each rank group's noise is one standard error of its mean square larger: a few large
+    errors among many small ones (a sample whose mean square likely falls short) are bounded further up."""
+    from cnnlens.explain.position_grid import noisy_ssim
+    grid = torch.rand(20, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    flat, sampled = torch.arange(400), torch.arange(0, 400, 5)
+    even = torch.full((len(sampled),), 0.15, dtype=torch.float64)
+    heavy = torch.zeros(len(sampled), dtype=torch.float64)
+    heavy[::10] = 0.15 * math.sqrt(10)  # the same mean square, in a tenth of the samples
+    scores = {name: [noisy_ssim(grid, flat, flat, sampled, errors, 1.0, bound=bound) for bound in (0.0, 1.0)]
+              for name, errors in (("even", even), ("heavy", heavy))}
+    assert scores["even"][0] == pytest.approx(scores["even"][1])  # no spread: nothing to bound
+    assert scores["heavy"][0] == pytest.approx(scores["even"][0], abs=0.02)  # the same size without a bound
+    assert scores["heavy"][1] < scores["heavy"][0] - 0.02
 
 
 def test_ssim_of_maps_that_vary_far_less_than_their_level_is_stable():

@@ -51,7 +51,9 @@ from ..core.session import Session, look, redone_when_weights_move
 from ._common import explanation, objective_for, positive_int
 from .incremental import Incremental, graph_of, output_node_of
 from .position_grid import (
+    ESTIMATE_BOUND,
     ESTIMATE_MARGIN,
+    ESTIMATE_SHARES,
     SHARE_MARGIN,
     SHARES,
     between_centres,
@@ -597,8 +599,9 @@ class _Run:
             reference = guess.clone()  # the estimated map, exact where known
             reference[:, indices] = known
             found = smallest_share(reference, cut_order, sample, guess[:, sample] - exact, (len(ys), len(xs)), quality,
-                                   (0.0, *SHARES) if cut is not None else SHARES, spans,
-                                   ESTIMATE_MARGIN if cut is not None else SHARE_MARGIN)
+                                   ESTIMATE_SHARES if cut is not None else SHARES, spans,
+                                   ESTIMATE_MARGIN if cut is not None else SHARE_MARGIN,
+                                   ESTIMATE_BOUND if cut is not None else 0.0)
             if found is not None:
                 cost = min(math.ceil(found[0] * n), remaining)  # positions computed beyond the estimate
                 if best is None or cost < best[0]:
