@@ -447,8 +447,7 @@ class _Run:
         run in full, timed; if not, the rest runs in full."""
         found = self._incremental(i, chunk, image)
         if found is None:
-            out = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
-            return out, self.cap[self.layer][:, self.units[i]].flatten(1).double().sum(1)
+            return self._full(i, windows, image, fill)
         if self.checked or self.tau is not None:  # an approximation is not checked against the exact forward
             return found
         self.checked = True
@@ -460,8 +459,7 @@ class _Run:
         plain = None
         if agree and not keep and full >= _TIMED_FROM * done:  # in between, work does not tell: time the batch
             start = time.perf_counter()
-            plain = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
-            plain = plain, self.cap[self.layer][:, self.units[i]].flatten(1).double().sum(1)
+            plain = self._full(i, windows, image, fill)
             keep = time.perf_counter() - start >= _FASTER * self.engine_seconds
         if not self.forced:
             _DECISIONS.setdefault(self.s._shared, {})[self.decision_key] = keep
@@ -469,8 +467,11 @@ class _Run:
             return found
         self.make_engine, self.engines = None, {}
         self.inference = "full" if agree else "full (the incremental engine disagreed)"
-        if plain is not None:  # already run in full
-            return plain
+        return plain if plain is not None else self._full(i, windows, image, fill)  # (plain: already run in full)
+
+    def _full(self, i: int, windows: torch.Tensor, image: torch.Tensor, fill: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, unit totals) of image ``i`` occluded in ``windows``, by the plain forward."""
         out = self.s.logits(torch.where(windows[:, None], fill[None], image[None]))
         return out, self.cap[self.layer][:, self.units[i]].flatten(1).double().sum(1)
 
@@ -618,10 +619,10 @@ class _Run:
         """B×n first-order changes at the probe for these positions, from the runs up to it (0 where there is
         none)."""
         columns = torch.tensor([self.estimated.get(p, -1) for p in places], dtype=torch.long)
-        found = self.estimates[:, columns.clamp(min=0)] if len(self.estimated) else unknown(len(self.images),
-                                                                                         len(places))
-        found = torch.where(columns >= 0, found, math.nan)
-        return found.nan_to_num(0.0).to(self.images.device)
+        known = columns >= 0
+        found = torch.zeros(len(self.images), len(places), dtype=torch.float64)
+        found[:, known] = self.estimates[:, columns[known]].nan_to_num(0.0)
+        return found.to(self.images.device)
 
     def maps(self, stride: int) -> dict[str, Any]:
         h, w = size = tuple(self.images.shape[-2:])

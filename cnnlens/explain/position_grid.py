@@ -77,8 +77,8 @@ def noisy_ssim(grid: torch.Tensor, left: torch.Tensor, rank: torch.Tensor, after
     ``bound``, each group's mean square is raised by that many of its standard errors (heavy-tailed errors
     make a sample's mean square fall short of the truth more often than not). Seeded: the same inputs, the
     same score."""
-    if len(after) == 0:
-        return 0.0  # nothing measured beyond the refined positions: no claim
+    if len(after) == 0 or span <= 0:
+        return 0.0  # nothing measured beyond the refined positions, or no range known: no claim
     edges = torch.quantile(rank[after].double(), torch.linspace(0, 1, bins + 1, dtype=torch.float64))
     group = (torch.searchsorted(edges[1:-1], rank[left].double(), right=True)).clamp(0, bins - 1)
     sample_group = torch.searchsorted(edges[1:-1], rank[after].double(), right=True).clamp(0, bins - 1)
@@ -96,7 +96,7 @@ def noisy_ssim(grid: torch.Tensor, left: torch.Tensor, rank: torch.Tensor, after
     for _ in range(TRIALS):
         noisy = grid.clone().flatten()
         noisy[left] += torch.randn(len(left), generator=generator, dtype=torch.float64) * size[group]
-        scores.append(map_ssim(noisy.view(grid.shape).numpy(), reference, span) if span > 0 else 0.0)
+        scores.append(map_ssim(noisy.view(grid.shape).numpy(), reference, span))
     return float(sum(scores) / len(scores))
 
 
