@@ -8,6 +8,7 @@ import psutil
 import torch
 
 import cnnlens as cl
+from cnnlens.core.session import HEAP_BLOCK, Session, look
 
 from .conftest import random_model
 
@@ -71,3 +72,32 @@ def test_smoothgrad_streams_its_running_mean_and_ends_where_it_would_without_str
     torch.testing.assert_close(final.map, alone.map)
     assert [p.params["samples"] for p in partials] == [4, 8]
     assert not torch.equal(partials[0].map, final.map)
+
+
+def test_cpu_batches_keep_the_largest_activation_within_one_heap_block(default):
+    """resnet18 at 224 px: conv1's 64×112×112 floats (3.2 MB an image) make 10 images a block; the default
+    model's small maps keep the 64 asked for."""
+    with look(random_model("resnet18")) as s:
+        assert s.batch_in_heap((224, 224), 64) == HEAP_BLOCK // (64 * 112 * 112 * 4) == 10
+        assert s.batch_in_heap((224, 224), 4) == 4
+    with look(default[0]) as s:
+        assert s.batch_in_heap((64, 64), 64) == 64
+
+
+def test_plain_forwards_run_in_heap_sized_parts_and_agree_with_the_engine_bitwise(monkeypatch):
+    """A batch of 64 positions runs as forwards of at most the heap-sized part (3 here) in full re-inference,
+    and the engine runs its linear layer in the same parts: a matrix product of one or two rows sums
+    differently from one of four, so without the parts the maps would differ in the last bits."""
+    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: 3)
+    sizes: list[int] = []
+    logits = Session.logits
+    monkeypatch.setattr(Session, "logits", lambda self, x: sizes.append(len(x)) or logits(self, x))
+    model = random_model("vgg16")
+    x = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(4))
+    full = cl.occlusion(model, x, 3, mask_size=16, stride=26, incremental=False)  # 9 × 9 = 81 positions
+    assert sizes[0] == 1 and max(sizes[1:]) == 3 and sum(sizes[1:]) == 81
+    fast = cl.occlusion(model, x, 3, mask_size=16, stride=26, incremental=True)
+    assert fast.params["inference"] == "incremental"
+    assert torch.equal(fast.raw, full.raw)
+    whole = cl.occlusion(model, x, 3, mask_size=16, stride=26, incremental=False, batch_size=64)
+    torch.testing.assert_close(whole.raw, full.raw, rtol=1e-4, atol=0)  # the same map, up to float32 sums

@@ -57,6 +57,7 @@ _POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "
 _BINARY_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
                      operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div}
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+_ROW_PRODUCTS = {F.linear, F.conv2d, torch.conv2d}  # functions whose kernel depends on the rows (see _in_parts)
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared net -> fx.Graph or the trace error
 _OPERATION = 2e4  # what a handful of small tensor operations costs, in written elements
 _MAC_PER_ELEMENT = 16.0  # multiply-adds costing about as much as writing one element (2 CPU cores, float32)
@@ -196,8 +197,10 @@ class Incremental:
     the per-position total of ``unit`` in the watched layer) for a batch of mask positions.
     """
 
-    def __init__(self, net: nn.Module, graph: fx.Graph, watch: fx.Node | None, tau: float | None = None):
+    def __init__(self, net: nn.Module, graph: fx.Graph, watch: fx.Node | None, tau: float | None = None,
+                 rows: int | None = None):
         self.net, self.graph, self.watch, self.tau = net, graph, watch, tau
+        self.rows = rows  # positions per call of a full linear layer or convolution (see _in_parts)
         self.nodes = list(graph.nodes)
         self.modules = dict(net.named_modules())
         self.clean_values: dict[fx.Node, Any] = {}
@@ -368,7 +371,18 @@ class Incremental:
                 return done
         args = fx.node.map_arg(node.args, lambda n: _materialized(env[n], self.work))
         kwargs = fx.node.map_arg(node.kwargs, lambda n: _materialized(env[n], self.work))
-        return Full(self._call(node, args, kwargs))
+        return Full(self._in_parts(node, module, args, kwargs))
+
+    def _in_parts(self, node: fx.Node, module: nn.Module | None, args: Any, kwargs: Any) -> Any:
+        """The node on its full input, a linear layer or convolution in parts of ``self.rows`` positions:
+        the plain forwards it must agree with run in parts of that size, and a matrix product's kernel (so its
+        order of summation) depends on the number of rows (one or two rows sum differently from four)."""
+        first = args[0] if args else None
+        if self.rows is None or not isinstance(first, torch.Tensor) or len(first) <= self.rows or not (
+                isinstance(module, (nn.Linear, nn.Conv2d)) or (node.op == "call_function"
+                                                               and node.target in _ROW_PRODUCTS)):
+            return self._call(node, args, kwargs)
+        return torch.cat([self._call(node, (part, *args[1:]), kwargs) for part in first.split(self.rows)])
 
     def _local(self, node: fx.Node, module: nn.Module | None, env: dict, inputs: list[fx.Node]) -> Region | None:
         """The node computed on rectangles, or None when it needs the full maps."""

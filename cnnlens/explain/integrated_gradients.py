@@ -71,16 +71,20 @@ def _baseline(baseline: Any, x: torch.Tensor) -> torch.Tensor:
 
 @redone_when_weights_move
 def integrated_gradients(model: torch.nn.Module, x: Any, target: Any = None, *, baseline: Any = "black",
-                         steps: int = 50, rule: str = "gausslegendre", batch_size: int = 64,
+                         steps: int = 50, rule: str = "gausslegendre", batch_size: int | None = None,
                          progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> Explanation:
-    """Integrated Gradients of ``target``; ``map`` sums the C×H×W attributions over channels (signed)."""
+    """Integrated Gradients of ``target``; ``map`` sums the C×H×W attributions over channels (signed).
+
+    ``batch_size`` (path points per forward and backward) defaults to 64, fewer on the CPU where activations
+    are large (:meth:`Session.batch_in_heap`: 10 for resnet18 at 224 px, 1.6× faster)."""
     steps = positive_int(steps, "steps")
-    batch_size = positive_int(batch_size, "batch_size")
+    batch_size = None if batch_size is None else positive_int(batch_size, "batch_size")
     alphas, weights = path_points(steps, rule)
     counter = Steps(steps, progress, cancel)
     with look(model) as s:
         batch = s.prepare(x)
         objective = objective_for(s, target, tuple(batch.x.shape[-2:]))
+        batch_size = batch_size or s.batch_in_heap(tuple(batch.x.shape[-2:]), 64)
         base = _baseline(baseline, batch.x)
         both = clean_logits(s, torch.cat([batch.x, base]), objective)
         logits, base_logits = both.split(len(batch.x)) if both is not None else (None, None)

@@ -21,22 +21,24 @@ from ._common import clean_logits, explanation, generator, objective_for, positi
 
 @redone_when_weights_move
 def smoothgrad(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 25, noise: float = 0.15,
-               absolute: bool = True, batch_size: int = 64, seed: int | None = None,
+               absolute: bool = True, batch_size: int | None = None, seed: int | None = None,
                progress: ProgressFn | None = None, cancel: CancelToken | None = None,
                partial: Callable[[Explanation], None] | None = None) -> Explanation:
     """Mean of |d target / d x| (or signed, ``absolute=False``) over ``samples`` noisy copies of ``x``.
 
     ``partial`` is called after every chunk of ``batch_size`` images but the last with the mean over the
-    samples drawn so far (the final result is the same as without it).
+    samples drawn so far (the final result is the same as without it). ``batch_size`` defaults to 64, fewer
+    on the CPU where activations are large (:meth:`Session.batch_in_heap`).
     """
     samples = positive_int(samples, "samples")
-    batch_size = positive_int(batch_size, "batch_size")
+    batch_size = None if batch_size is None else positive_int(batch_size, "batch_size")
     if not isinstance(noise, (int, float)) or noise < 0:
         raise ValueError(f"noise must be a number ≥ 0 (a fraction of the image's value range), got {noise!r}.")
     steps = Steps(samples, progress, cancel)
     with look(model) as s:
         batch = s.prepare(x)
         objective = objective_for(s, target, tuple(batch.x.shape[-2:]))
+        batch_size = batch_size or s.batch_in_heap(tuple(batch.x.shape[-2:]), 64)
         logits = clean_logits(s, batch.x, objective)
         objective = objective.bind(logits)
         gen = generator(seed, batch.x.device)
