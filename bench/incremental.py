@@ -8,7 +8,8 @@ Two threads (the machine's cores).
 
 1. Exact, per batch (the steady state, where the time of a whole map goes): the same 64 mask positions from
    the middle of the image run through the incremental engine and through the plain batched forward that
-   ``incremental=False`` uses; medians of interleaved rounds. The clean run and the trace, once per image, are
+   ``incremental=False`` uses (in heap-sized parts on the CPU: ``Session.batch_in_heap``); medians of
+   interleaved rounds. The clean run and the trace, once per image, are
    listed apart.
 2. Exact, end to end: ``cl.occlusion(..., incremental=True)`` vs ``incremental=False`` for a whole map, where
    that takes minutes at most (resnet18, the default model), and the largest difference between the maps.
@@ -34,7 +35,7 @@ import torchvision
 import cnnlens as cl
 from cnnlens.core.session import look
 from cnnlens.explain.incremental import Incremental, graph_of
-from cnnlens.explain.occlusion import positions
+from cnnlens.explain.occlusion import plain_batch, positions
 from cnnlens.explain.position_grid import grid_ssim, linear_weights
 
 MASK, STRIDE = 16, 4
@@ -61,7 +62,8 @@ def per_batch(name: str, rounds: int = 3) -> dict:
         start = time.perf_counter()
         graph = graph_of(s.net, s._shared)
         trace = time.perf_counter() - start
-        engine = Incremental(s.net, graph, None)
+        parts = plain_batch(s, (side, side), len(chunk))  # as occlusion runs a batch's plain forwards
+        engine = Incremental(s.net, graph, None, rows=parts)  # and the engine its full layers
         x = s.net_input(image[None])
         start = time.perf_counter()
         engine.clean(x)
@@ -78,7 +80,7 @@ def per_batch(name: str, rounds: int = 3) -> dict:
             return engine.run(chunk[:, 0], chunk[:, 1], crops, None)[0]
 
         def full():
-            return s.net(occluded)
+            return torch.cat([s.net(part) for part in occluded.split(parts)])
 
         torch.testing.assert_close(incremental(), full(), rtol=0, atol=1e-5)
         times: dict[str, list[float]] = {"incremental": [], "full": []}

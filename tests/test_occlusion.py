@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import psutil
@@ -11,6 +12,9 @@ import cnnlens as cl
 from cnnlens.core.session import HEAP_BLOCK, Session, look
 
 from .conftest import random_model
+
+occlusion_module = sys.modules["cnnlens.explain.occlusion"]  # (the package exports the function by that name)
+plain_batch = occlusion_module.plain_batch
 
 
 def test_streaming_hands_over_coarser_maps_first_and_costs_no_extra_forward():
@@ -84,11 +88,21 @@ def test_cpu_batches_keep_the_largest_activation_within_one_heap_block(default):
         assert s.batch_in_heap((64, 64), 64) == 64
 
 
-def test_plain_forwards_run_in_heap_sized_parts_and_agree_with_the_engine_bitwise(monkeypatch):
-    """A batch of 64 positions runs as forwards of at most the heap-sized part (3 here) in full re-inference,
+def test_plain_forwards_run_in_heap_sized_parts_of_at_least_eight(monkeypatch):
+    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: 3)
+    with look(random_model("resnet18")) as s:
+        assert plain_batch(s, (224, 224), 64) == 8  # never fewer: a linear layer reads its weights per part
+        assert plain_batch(s, (224, 224), 4) == 4  # never more than the batch
+    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: 12)
+    with look(random_model("resnet18")) as s:
+        assert plain_batch(s, (224, 224), 64) == 12
+
+
+def test_plain_forwards_run_in_parts_and_agree_with_the_engine_bitwise(monkeypatch):
+    """A batch of 64 positions runs as forwards of at most the part's size (3 here) in full re-inference,
     and the engine runs its linear layer in the same parts: a matrix product of one or two rows sums
     differently from one of four, so without the parts the maps would differ in the last bits."""
-    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: 3)
+    monkeypatch.setattr(occlusion_module, "plain_batch", lambda session, size, batch_size: 3)
     sizes: list[int] = []
     logits = Session.logits
     monkeypatch.setattr(Session, "logits", lambda self, x: sizes.append(len(x)) or logits(self, x))

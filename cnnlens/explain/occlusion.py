@@ -74,6 +74,7 @@ _WORTH = 2.0  # "auto" keeps the engine where a full batch is at least this many
 _TIMED_FROM = 1.3  # between this and _WORTH, the first batch also runs in full, timed, and the engine is kept if
 _FASTER = 1.1  # the full batch took this many times its time (measured on a first batch: resnet34, work ratio
 # 1.5, runs 1.7× faster incrementally; densenet121, work ratio 1.9, 4× slower). The maps are the same either way
+_FEWEST_IN_PART = 8  # occluded images per plain forward at least (see plain_batch)
 _DECISIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared net -> {setting: use the engine}
 
 
@@ -138,9 +139,9 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
 
     Defaults: ``mask_size`` a quarter of the image side, ``stride`` half the mask, ``batch_size`` mask
     positions per batch scaled with the image area (64 at 224 px); on the CPU, a batch's plain forwards run
-    in parts whose largest activation fits in one heap block (:meth:`Session.batch_in_heap`: 10 images for
-    resnet18 at 224 px, 1.4× faster; the incremental engine runs its linear layers and full convolutions in
-    the same parts, so that both sum alike). A ``batch_size`` given is the size of every forward. With
+    in parts whose largest activation fits in one heap block (:func:`plain_batch`: 10 images for resnet18 at
+    224 px, 1.4× faster; the incremental engine runs its linear layers and full convolutions in the same
+    parts, so that both sum alike). A ``batch_size`` given is the size of every forward. With
     ``partial``, coarser maps — two positions per side, then a stride of about the mask size — are handed over
     first; their positions are among the final ones, so streaming costs no extra forward.
 
@@ -197,8 +198,7 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
         full_batch = batch_size
         if batch_size is None:  # the model's activations for one batch stay about those of 64 images at 224 px
             batch_size = max(1, min(64, (64 * 224 * 224) // (size[0] * size[1])))
-            full_batch = max(2, s.batch_in_heap(size, batch_size))  # plain forwards: fewer, where activations
-            # are large (never one: a convolution on one image can take another kernel, see Incremental.clean)
+            full_batch = plain_batch(s, size, batch_size)
         with torch.no_grad(), capture(s.net, objective.layers | {info.name}) as cap:
             logits = s.logits(batch.x)
             objective = objective.bind(logits)
@@ -230,6 +230,16 @@ def occlusion(model: torch.nn.Module, x: Any, target: Any = None, *, mask_size: 
                     partial(result)
             steps.advance(steps.total - steps.done)  # a calibrated drill-down may stop short of every position
         return result
+
+
+def plain_batch(session: Session, size: tuple[int, int], batch_size: int) -> int:
+    """Occluded images per plain forward where the caller set no ``batch_size``: a batch of ``batch_size``
+    positions runs in parts whose largest activation fits in one heap block (:meth:`Session.batch_in_heap`),
+    but never fewer than ``_FEWEST_IN_PART``: the incremental engine runs its full layers in the same parts
+    (to sum alike), and a linear layer reads all its weights once per part (vgg16's first, 411 MB: per batch of
+    64 positions at 224 px, parts of 2 made the engine 2.1× slower, parts of 8 1.26×, while full re-inference
+    took 6.4 s, 8.0 s and 10.4 s undivided)."""
+    return min(batch_size, max(_FEWEST_IN_PART, session.batch_in_heap(size, batch_size)))
 
 
 def interactive_defaults(size: tuple[int, int], seconds_per_forward: float, budget: float = 9.0
