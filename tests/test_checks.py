@@ -10,6 +10,7 @@ from scipy.stats import spearmanr
 
 import cnnlens as cl
 from cnnlens.core.progress import Cancelled, CancelToken
+from cnnlens.core.session import Session
 from cnnlens.dataset.checks import _randomize
 from cnnlens.dataset.metrics import as_maps, mask_of
 from tests.conftest import assert_unchanged, random_model, snapshot
@@ -164,6 +165,21 @@ def test_deletion_curve_matches_brute_force(shapes):
         assert float(curve.scores[k]) == pytest.approx(float(p), abs=1e-5)
     assert torch.allclose(insert.scores, insert.scores[0].expand(9), atol=1e-5)
     assert float(curve.auc) == pytest.approx(float(np.trapezoid(curve.scores.numpy(), curve.fractions.numpy())))
+
+
+def test_curves_run_in_heap_sized_batches_by_default(shapes, monkeypatch):
+    """Without a ``batch_size`` the curves' forwards take the session's heap-sized batch (5 here) and give the
+    scores of one batch of 64."""
+    model, _, images, _ = shapes
+    x, m = images[2], torch.rand(64, 64, generator=torch.Generator().manual_seed(5))
+    whole = cl.deletion(model, x, m, steps=12, batch_size=64)
+    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: 5)
+    sizes: list[int] = []
+    forward = Session.raw_forward
+    monkeypatch.setattr(Session, "raw_forward", lambda self, x: sizes.append(len(x)) or forward(self, x))
+    parts = cl.deletion(model, x, m, steps=12)
+    assert max(sizes) == 5 and sizes.count(5) == 2 and sizes[-1] == 3  # the 13 images, after the clean forward
+    torch.testing.assert_close(parts.scores, whole.scores, rtol=0, atol=1e-6)
 
 
 def test_baselines_and_explanations_as_maps(shapes):

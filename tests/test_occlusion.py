@@ -6,6 +6,7 @@ import sys
 import threading
 
 import psutil
+import pytest
 import torch
 
 import cnnlens as cl
@@ -115,3 +116,20 @@ def test_plain_forwards_run_in_parts_and_agree_with_the_engine_bitwise(monkeypat
     assert torch.equal(fast.raw, full.raw)
     whole = cl.occlusion(model, x, 3, mask_size=16, stride=26, incremental=False, batch_size=64)
     torch.testing.assert_close(whole.raw, full.raw, rtol=1e-4, atol=0)  # the same map, up to float32 sums
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
+def test_gradient_paths_run_in_heap_sized_batches_by_default(default, monkeypatch, method):
+    """Without a ``batch_size``, Integrated Gradients' path points and SmoothGrad's samples go through forward
+    and backward in the session's heap-sized batches (5 here), with the result of batches of 64."""
+    model, data = default
+    x = data.images[3]
+    kwargs = {"steps": 12} if method == "integrated_gradients" else {"samples": 12, "seed": 0}
+    whole = getattr(cl, method)(model, x, 1, batch_size=64, **kwargs)
+    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: 5)
+    sizes: list[int] = []
+    forward = Session.raw_forward
+    monkeypatch.setattr(Session, "raw_forward", lambda self, x: sizes.append(len(x)) or forward(self, x))
+    parts = getattr(cl, method)(model, x, 1, **kwargs)
+    assert sizes[-3:] == [5, 5, 2]
+    torch.testing.assert_close(parts.raw, whole.raw, rtol=1e-4, atol=1e-6)

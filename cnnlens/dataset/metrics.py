@@ -149,14 +149,17 @@ def _scores(session: Session, x: torch.Tensor, objective: Objective) -> torch.Te
 
 
 def _curve(kind: str, model: torch.nn.Module, x: Any, saliency_map: Any, target: Any, steps: int,
-           start: Any, batch_size: int, progress, cancel, params: dict[str, Any]) -> Curve:
-    """Both curves: images move from ``start`` (what deletion leaves, or the blurred image) to ``end``."""
+           start: Any, batch_size: int | None, progress, cancel, params: dict[str, Any]) -> Curve:
+    """Both curves: images move from ``start`` (what deletion leaves, or the blurred image) to ``end``.
+    ``batch_size`` None: 64 images per forward, fewer on the CPU where activations are large
+    (:meth:`Session.batch_in_heap`)."""
     steps = positive_int(steps, "steps")
-    batch_size = positive_int(batch_size, "batch_size")
+    batch_size = None if batch_size is None else positive_int(batch_size, "batch_size")
     with look(model) as s:
         batch = s.prepare(x)
         xs = batch.x.detach()
         b, _, h, w = xs.shape
+        batch_size = batch_size or s.batch_in_heap((h, w), 64)
         maps = as_maps(saliency_map, b, (h, w)).to(xs.device)
         objective = objective_for(s, target, (h, w))
         objective = objective.bind(clean_logits(s, xs, objective))
@@ -201,7 +204,7 @@ def _curve(kind: str, model: torch.nn.Module, x: Any, saliency_map: Any, target:
 
 @redone_when_weights_move
 def deletion(model: torch.nn.Module, x: Any, saliency_map: Any, target: Any = None, *, steps: int = 64,
-             baseline: Any = 0.0, batch_size: int = 64, progress=None, cancel=None) -> Curve:
+             baseline: Any = 0.0, batch_size: int | None = None, progress=None, cancel=None) -> Curve:
     """Petsiuk et al.'s deletion curve: the target's probability as the map's most salient pixels are set to
     ``baseline`` (a number, a tensor, "zeros", "mean" or "blur"), in ``steps`` equal steps. Lower area = more
     faithful. ``target`` as for the methods (None: the class predicted on the clean image)."""
@@ -211,7 +214,7 @@ def deletion(model: torch.nn.Module, x: Any, saliency_map: Any, target: Any = No
 
 @redone_when_weights_move
 def insertion(model: torch.nn.Module, x: Any, saliency_map: Any, target: Any = None, *, steps: int = 64,
-              blur: float = 5.0, batch_size: int = 64, progress=None, cancel=None) -> Curve:
+              blur: float = 5.0, batch_size: int | None = None, progress=None, cancel=None) -> Curve:
     """Petsiuk et al.'s insertion curve: the target's probability as the map's most salient pixels are copied
     from the image into a Gaussian-blurred copy of it (``blur`` = sigma in pixels), in ``steps`` equal
     steps. Higher area = more faithful."""
