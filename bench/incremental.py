@@ -8,7 +8,7 @@ Two threads (the machine's cores).
 
 1. Exact, per batch (the steady state, where the time of a whole map goes): the same 64 mask positions from
    the middle of the image run through the incremental engine and through the plain batched forward that
-   ``incremental=False`` uses (in heap-sized parts on the CPU: ``Session.batch_in_heap``); medians of
+   ``incremental=False`` uses (in heap-sized parts on the CPU: ``occlusion.plain_batch``); medians of
    interleaved rounds. The clean run and the trace, once per image, are
    listed apart.
 2. Exact, end to end: ``cl.occlusion(..., incremental=True)`` vs ``incremental=False`` for a whole map, where

@@ -36,6 +36,7 @@ _TABLES: weakref.WeakKeyDictionary[nn.Module, OrderedDict[tuple[int, int], list[
     weakref.WeakKeyDictionary()
 _PROBE_SECONDS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], float]] = weakref.WeakKeyDictionary()
 MAX_TABLES = 8  # layer tables kept per model (one per input size, least recently used dropped)
+DEFAULT_BATCH = 64  # images per forward of the batched methods, unless the heap asks for fewer
 HEAP_BLOCK = 32 * 2**20  # glibc's largest heap block (M_MMAP_THRESHOLD's ceiling on 64-bit); larger allocations
 # get fresh mmapped pages, and their page faults cost more than the forward itself on large batches (measured,
 # 2 cores, a map of occluded forwards at 224 px: resnet18 1.4×, vgg16 1.3×, densenet121 2.7× slower at 64 images
@@ -225,6 +226,11 @@ class Session:
         largest = max((math.prod(info.shape) for info in self.layers(size)), default=0)
         per_image = largest * torch.empty((), dtype=self.dtype).element_size()
         return max(1, min(most, HEAP_BLOCK // max(per_image, 1)))
+
+    def images_per_forward(self, batch_size: int | None, size: tuple[int, int]) -> int:
+        """The caller's ``batch_size``, or by default 64 images per forward, fewer on the CPU where activations
+        are large (:meth:`batch_in_heap`)."""
+        return batch_size or self.batch_in_heap(size, DEFAULT_BATCH)
 
     def check_layer_name(self, name: str, argument: str = "target layer") -> None:
         """A ValueError listing the layers when ``name`` is not a module of the model (no probe forward)."""

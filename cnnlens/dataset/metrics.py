@@ -159,7 +159,7 @@ def _curve(kind: str, model: torch.nn.Module, x: Any, saliency_map: Any, target:
         batch = s.prepare(x)
         xs = batch.x.detach()
         b, _, h, w = xs.shape
-        batch_size = batch_size or s.batch_in_heap((h, w), 64)
+        batch_size = s.images_per_forward(batch_size, (h, w))
         maps = as_maps(saliency_map, b, (h, w)).to(xs.device)
         objective = objective_for(s, target, (h, w))
         objective = objective.bind(clean_logits(s, xs, objective))

@@ -57,7 +57,7 @@ _POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "
 _BINARY_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
                      operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div}
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
-_ROW_PRODUCTS = {F.linear, F.conv2d, torch.conv2d}  # functions whose kernel depends on the rows (see _in_parts)
+_ROW_PRODUCTS = {F.linear, F.conv2d}  # functions whose kernel depends on the rows (see _in_parts)
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shared net -> fx.Graph or the trace error
 _OPERATION = 2e4  # what a handful of small tensor operations costs, in written elements
 _MAC_PER_ELEMENT = 16.0  # multiply-adds costing about as much as writing one element (2 CPU cores, float32)

@@ -84,7 +84,7 @@ def integrated_gradients(model: torch.nn.Module, x: Any, target: Any = None, *, 
     with look(model) as s:
         batch = s.prepare(x)
         objective = objective_for(s, target, tuple(batch.x.shape[-2:]))
-        batch_size = batch_size or s.batch_in_heap(tuple(batch.x.shape[-2:]), 64)
+        batch_size = s.images_per_forward(batch_size, tuple(batch.x.shape[-2:]))
         base = _baseline(baseline, batch.x)
         both = clean_logits(s, torch.cat([batch.x, base]), objective)
         logits, base_logits = both.split(len(batch.x)) if both is not None else (None, None)

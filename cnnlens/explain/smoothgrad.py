@@ -38,7 +38,7 @@ def smoothgrad(model: torch.nn.Module, x: Any, target: Any = None, *, samples: i
     with look(model) as s:
         batch = s.prepare(x)
         objective = objective_for(s, target, tuple(batch.x.shape[-2:]))
-        batch_size = batch_size or s.batch_in_heap(tuple(batch.x.shape[-2:]), 64)
+        batch_size = s.images_per_forward(batch_size, tuple(batch.x.shape[-2:]))
         logits = clean_logits(s, batch.x, objective)
         objective = objective.bind(logits)
         gen = generator(seed, batch.x.device)
