@@ -49,6 +49,28 @@ def test_pooled_vectors_equal_a_brute_force_forward(shapes):
         torch.testing.assert_close(found[name], expected[name], rtol=1e-4, atol=1e-5)
 
 
+def test_forwards_run_in_heap_sized_parts(shapes, monkeypatch):
+    """On the CPU a loaded batch goes through the model in the session's heap-sized parts (7 here, patched):
+    the same vectors and predictions as whole batches."""
+    from cnnlens.core.session import Session
+
+    model, data = shapes
+    images = torch.stack([data[i][0] for i in range(100)])
+    whole = cl.Embedder(model, images, batch_size=40).vectors(LAYERS)
+    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: min(7, most))
+    sizes: list[int] = []
+    forward = Session.raw_forward
+    monkeypatch.setattr(Session, "raw_forward", lambda self, x: sizes.append(len(x)) or forward(self, x))
+    embedder = cl.Embedder(model, images, batch_size=40)
+    parts = embedder.vectors(LAYERS)
+    assert max(sizes) == 7 and sum(sizes) == 100 and sizes[:6] == [7, 7, 7, 7, 7, 5]  # 40 = 5 × 7 + 5
+    for name in LAYERS:
+        torch.testing.assert_close(parts[name], whole[name], rtol=1e-4, atol=1e-5)
+    result = cl.embed(model, images, "fc", method="pca")
+    with torch.no_grad():
+        assert result.predictions.tolist() == model(images).argmax(1).tolist()
+
+
 def test_labels_predictions_and_indices_line_up_with_the_data(shapes):
     model, data = shapes
     result = cl.embed(model, data, "fc", method="pca", max_images=50)

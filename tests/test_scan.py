@@ -85,6 +85,28 @@ def test_every_default_layer_equals_the_brute_force_top_k(shapes):
     _assert_unit_lists(scan, _brute_force(model, data.images, scan.layers)[0], 3)
 
 
+def test_forwards_run_in_heap_sized_parts_with_the_lists_of_whole_batches(shapes, monkeypatch):
+    """On the CPU a loaded batch goes through the model in parts whose largest activation fits one heap
+    block (7 images here, patched): the lists, positions and class lists are those of whole batches."""
+    from cnnlens.core.session import Session
+
+    model, data = shapes
+    whole = cl.scan(model, data, LAYERS, k=4, batch_size=48)
+    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: min(7, most))
+    sizes: list[int] = []
+    forward = Session.raw_forward
+    monkeypatch.setattr(Session, "raw_forward", lambda self, x: sizes.append(len(x)) or forward(self, x))
+    parts = cl.scan(model, data, LAYERS, k=4, batch_size=48)
+    assert max(sizes) == 7 and sum(sizes) == len(data.images) and sizes[:7] == [7] * 6 + [6]  # 48 = 6 × 7 + 6
+    for name in LAYERS:
+        for unit in range(parts.units(name)):
+            assert parts.top(name, unit) == whole.top(name, unit) and parts.bottom(name, unit) == whole.bottom(
+                name, unit)
+    for c in range(len(data.classes)):
+        assert parts.class_top(c) == whole.class_top(c) and parts.class_wrong(c) == whole.class_wrong(c)
+    _assert_unit_lists(parts, _brute_force(model, data.images, LAYERS)[0], 4)
+
+
 def test_channels_last_activations_give_the_same_lists(shapes):
     """A model run in channels-last memory format hands the hooks channels-last maps: lists, values and
     positions (row-major in the grid) are those of a brute force over the same model."""

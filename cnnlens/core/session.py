@@ -227,6 +227,11 @@ class Session:
         per_image = largest * torch.empty((), dtype=self.dtype).element_size()
         return max(1, min(most, HEAP_BLOCK // max(per_image, 1)))
 
+    def heap_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The batch ``x`` (N×C×H×W) in forwards of :meth:`batch_in_heap` images: how a pass over a dataset
+        (scan, embeddings, filter health) runs a loaded batch through the model."""
+        return x.split(self.batch_in_heap(tuple(x.shape[-2:]), len(x)))
+
     def images_per_forward(self, batch_size: int | None, size: tuple[int, int]) -> int:
         """The caller's ``batch_size``, or by default 64 images per forward, fewer on the CPU where activations
         are large (:meth:`batch_in_heap`)."""

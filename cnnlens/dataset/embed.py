@@ -143,7 +143,8 @@ class Embedder:
     """Embeddings of one dataset through one model, cached per layer (see the module doc).
 
     ``max_images`` takes that many images spread evenly over the data (a DataLoader: the first it
-    yields); ``batch_size`` and ``num_workers`` are how the data is read (a DataLoader keeps its own).
+    yields); ``batch_size`` and ``num_workers`` are how the data is read (a DataLoader keeps its own); on
+    the CPU each batch goes through the model in heap-sized parts (:meth:`Session.heap_parts`).
     """
 
     def __init__(self, model: nn.Module, data: Any, *, max_images: int | None = None, batch_size: int = 64,
@@ -253,15 +254,15 @@ class Embedder:
             with tensor_output_hooks({info.name: modules[info.name] for info in infos}, record):
                 for batch in self._batches():
                     steps.check()
-                    x = session.prepare(batch.images).x
-                    pooled.clear()
-                    out = session.raw_forward(x)
-                    for name in chunks:
-                        if name not in pooled:
-                            raise RuntimeError(f"Layer {name!r} did not run in the forward pass, so it has no "
-                                               "activation.")
-                        chunks[name].append(pooled[name].to("cpu", torch.float32))
-                    predictions.append(_predicted(out, session.spec.output, len(x)))
+                    for x in session.heap_parts(session.prepare(batch.images).x):
+                        pooled.clear()
+                        out = session.raw_forward(x)
+                        for name in chunks:
+                            if name not in pooled:
+                                raise RuntimeError(f"Layer {name!r} did not run in the forward pass, so it has no "
+                                                   "activation.")
+                            chunks[name].append(pooled[name].to("cpu", torch.float32))
+                        predictions.append(_predicted(out, session.spec.output, len(x)))
                     labels += [-1 if label is None else label for label in batch.labels]
                     indices += batch.indices
                     steps.advance()

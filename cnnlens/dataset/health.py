@@ -293,11 +293,12 @@ def _peaks(session: Session, watch: dict[str, str], data: Any, batch_size: int, 
             calls = {info.name: info.calls for info in session.layers(tuple(x.shape[-2:]))}
             needed.clear()
             needed.update({name: calls.get(name, 1) for name in targets})
-            runs.clear()
-            try:
-                session.raw_forward(x)
-            except StopForward:
-                pass
+            for part in session.heap_parts(x):
+                runs.clear()
+                try:
+                    session.raw_forward(part)
+                except StopForward:
+                    pass
             seen += len(x)
             steps.advance()
     return {name: value.cpu() for name, value in peak.items()}, seen
@@ -312,7 +313,9 @@ def filter_health(model: nn.Module, data: Any = None, layer: Any = None, *, dupl
     ``data``: images to find dead units on (a dataset, DataLoader, tensor batch or list; None: only
     all-zero kernels count as dead). ``layer``: a Conv2d name or module, a block (every Conv2d inside it), a
     list of these, or ``"all"``.
-    ``duplicate``/``rotated``/``opposite``: cosine-similarity thresholds in (0, 1]. See the module doc.
+    ``duplicate``/``rotated``/``opposite``: cosine-similarity thresholds in (0, 1]. ``batch_size`` images
+    are read at a time and, on the CPU, run in heap-sized parts (:meth:`Session.heap_parts`). See the module
+    doc.
     """
     thresholds = {"duplicate": _threshold(duplicate, "duplicate"), "rotated": _threshold(rotated, "rotated"),
                   "opposite": _threshold(opposite, "opposite")}
