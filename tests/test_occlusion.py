@@ -133,3 +133,18 @@ def test_gradient_paths_run_in_heap_sized_batches_by_default(default, monkeypatc
     parts = getattr(cl, method)(model, x, 1, **kwargs)
     assert sizes[-3:] == [5, 5, 2]
     torch.testing.assert_close(parts.raw, whole.raw, rtol=1e-4, atol=1e-6)
+
+
+def test_lime_runs_its_samples_in_heap_sized_forwards(default, monkeypatch):
+    """LIME's batches of samples (the live view refits after each) go through the model in the session's
+    heap-sized parts (5 here, patched): the same fitted weights as whole batches."""
+    model, data = default
+    x = data.images[3]
+    whole = cl.lime(model, x, 1, samples=40, batch_size=16, seed=0)
+    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: min(5, most))
+    sizes: list[int] = []
+    forward = Session.raw_forward
+    monkeypatch.setattr(Session, "raw_forward", lambda self, x: sizes.append(len(x)) or forward(self, x))
+    parts = cl.lime(model, x, 1, samples=40, batch_size=16, seed=0)
+    assert sizes[-10:] == [5, 5, 5, 1, 5, 5, 5, 1, 5, 3]  # batches of 16, 16 and 8 in parts of 5
+    torch.testing.assert_close(parts.extras["weights"][0], whole.extras["weights"][0], rtol=1e-4, atol=1e-6)

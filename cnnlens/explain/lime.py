@@ -83,7 +83,8 @@ def lime(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 3
     ``partial`` (one image only) is called after every batch of ``batch_size``
     samples but the last with the surrogate fitted on the samples drawn so far,
     so a live view can show the explanation sharpen as samples accumulate; the
-    final result is the same as without it.
+    final result is the same as without it. On the CPU a batch's forwards run in
+    heap-sized parts (:meth:`Session.heap_parts`; resnet18 at 224 px: 10 images).
     """
     samples = positive_int(samples, "samples")
     features = positive_int(features, "features")
@@ -133,7 +134,8 @@ def lime(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 3
             with torch.no_grad():
                 for start in range(0, samples, batch_size):
                     keep = torch.einsum("sd,dhw->shw", patterns[start:start + batch_size], onehot)[:, None]
-                    out = s.logits(hidden[None] + keep * (image - hidden)[None])
+                    perturbed = hidden[None] + keep * (image - hidden)[None]
+                    out = torch.cat([s.logits(part) for part in s.heap_parts(perturbed)])
                     outputs.append(per_image(Context(None, {}, out)))
                     steps.advance(len(keep))
                     drawn = start + len(keep)
