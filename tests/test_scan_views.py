@@ -322,6 +322,30 @@ def test_the_stop_button_stops_the_scan_and_a_later_change_scans_again(shapes, m
     assert cnnlens_threads() == []
 
 
+def test_a_stop_cancels_requests_made_before_it_even_if_they_arrive_later(shapes, monkeypatch):
+    """A view whose worker reaches the shared scan only after another view's Stop (a busy machine) must not
+    start the scan again: the Stop cancels every request made before it; a request made after it scans."""
+    model, data = shapes
+    started, stopped = threading.Event(), threading.Event()
+    monkeypatch.setattr(scan_views, "scan", slow_scan(started, stopped))
+    shared = SharedScan(model, data)
+    early, late = shared.stops, []
+    waiting = threading.Thread(target=lambda: late.append(pytest.raises(Cancelled, shared.get, None, None, early)))
+    waiting.start()
+    assert started.wait(10)
+    shared.stop()
+    waiting.join(10)
+    assert stopped.is_set() and late and not waiting.is_alive()
+    started.clear()
+    with pytest.raises(Cancelled):  # made before the Stop, arriving after it
+        shared.get(None, None, early)
+    assert not started.is_set() and shared._thread is None
+    monkeypatch.setattr(scan_views, "scan", cl.scan)
+    assert shared.get(None, None, shared.stops).count == len(data)
+    shared.close()
+    assert cnnlens_threads() == []
+
+
 def test_a_failed_scan_shows_in_every_waiting_view(shapes, monkeypatch):
     model, data = shapes
 

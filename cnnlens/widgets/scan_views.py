@@ -46,8 +46,9 @@ class SharedScan:
     """One :func:`cnnlens.scan` of ``images`` (every spatial layer, ``k`` images per list), run once in a
     background thread and shared by the views that ask for it.
 
-    ``get(progress, cancel)`` starts the scan if needed and waits for it, reporting the scan's progress;
-    ``stop()`` cancels a running scan (the next ``get`` starts again); ``close()`` stops it for good. Views
+    ``get(progress, cancel, requested)`` starts the scan if needed and waits for it, reporting the scan's
+    progress; ``stop()`` cancels a running scan and the requests made before it (a later request starts it
+    again); ``close()`` stops it for good. Views
     ``attach()`` on creation and ``release()`` on close: when the last one is released, a running scan is
     cancelled. A finished :class:`~cnnlens.Scan` (e.g. one loaded from disk) can be given as ``result``.
     """
@@ -70,6 +71,7 @@ class SharedScan:
         self._thread: threading.Thread | None = None
         self._listeners: list[ProgressFn] = []
         self._lock = threading.Condition()
+        self._stops = 0
 
     def __repr__(self) -> str:
         if self.closed:
@@ -93,14 +95,25 @@ class SharedScan:
 
     # --- the scan -----------------------------------------------------------------------------
 
-    def get(self, progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> Scan:
-        """The scan, started if needed and waited for; raises Cancelled when ``cancel`` is set meanwhile or
-        the scan was stopped, and a RuntimeError naming the cause when the scan failed."""
+    @property
+    def stops(self) -> int:
+        """How many times the scan was stopped. A view's request notes it when it is made and hands it to
+        :meth:`get`: a Stop cancels every request made before it, also one whose worker had not reached
+        :meth:`get` yet (else that one would start the scan again right after the Stop)."""
+        return self._stops
+
+    def get(self, progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+            requested: int | None = None) -> Scan:
+        """The scan, started if needed and waited for; raises Cancelled when ``cancel`` is set meanwhile, the
+        scan was stopped, or it was stopped after the request (``requested``: :attr:`stops` then), and a
+        RuntimeError naming the cause when the scan failed."""
         with self._lock:
             if self.closed:
                 raise RuntimeError("This SharedScan is closed; make a new view.")
             if self.result is not None:
                 return self.result
+            if requested is not None and requested != self._stops:
+                raise Cancelled()
             if self._run is None or self._run.done:
                 self._start()
             run = self._run
@@ -149,8 +162,10 @@ class SharedScan:
             listener(done, total)
 
     def stop(self) -> None:
-        """Cancel a running scan (a view's Stop button); the next :meth:`get` starts it again."""
+        """Cancel a running scan and the requests made so far (a view's Stop button); the next request
+        starts it again."""
         with self._lock:
+            self._stops += 1
             if self._run is not None and not self._run.done:
                 self._run.token.cancel()
 
@@ -346,9 +361,10 @@ class TopImagesView(_ScanView):
         self._check_open()
         layer, unit, which = self.layer.value, self.unit.value, self.which.value
         model, images, shared, info = self.model, self.images, self.shared, self.table[layer]
+        requested = shared.stops
 
         def compute(progress, cancel, partial):
-            result = shared.get(progress, cancel)
+            result = shared.get(progress, cancel, requested)
             hits = result.top(layer, unit) if which == "top" else result.bottom(layer, unit)
             if not hits:
                 return result, hits, None, None
@@ -448,9 +464,10 @@ class ClassImagesView(_ScanView):
     def refresh(self) -> None:
         self._check_open()
         c, images, shared = self.cls.value, self.images, self.shared
+        requested = shared.stops
 
         def compute(progress, cancel, partial):
-            result = shared.get(progress, cancel)
+            result = shared.get(progress, cancel, requested)
             lists = {"top": result.class_top(c), "bottom": result.class_bottom(c), "wrong": result.class_wrong(c)}
             tiles = {part: fit(torch.stack([rgb(images[h.index][0].cpu().float()) for h in hits]).clamp(0, 1))
                      for part, hits in lists.items() if hits}
