@@ -81,6 +81,40 @@ def test_other_masks_and_strides_at_224_give_the_full_maps(name, mask_size, stri
     _assert_same_maps(fast, full)
 
 
+def test_rectangles_that_cover_their_map_switch_to_full_maps(default):
+    """Once a layer's rectangles have grown to its whole map (deep layers: the mask's projective field covers
+    the image), the layers after it run on full maps, as after global pooling: no context is gathered around
+    whole maps. The output stays that of the plain forward."""
+    from cnnlens.core.session import look
+
+    model, data = default
+    x = data.images[3][None]
+    starts = torch.tensor([[0, 0], [24, 24], [48, 40]])
+    kinds: dict[str, str] = {}
+    with look(model) as s, torch.no_grad():
+        engine = engine_module.Incremental(s.net, engine_module.graph_of(s.net, s._shared), None)
+        net_x = s.net_input(x)
+        engine.clean(net_x)
+        step = engine._step
+
+        def recorded(node, env):
+            value = step(node, env)
+            kinds[node.name] = type(value).__name__
+            return value
+
+        engine._step = recorded
+        crops = torch.full((len(starts), 3, 16, 16), 0.3)
+        out, _ = engine.run(starts[:, 0], starts[:, 1], crops, None)
+        occluded = net_x.repeat(len(starts), 1, 1, 1)
+        for i, (y, x0) in enumerate(starts.tolist()):
+            occluded[i, :, y:y + 16, x0:x0 + 16] = 0.3
+        torch.testing.assert_close(out, s.net(occluded), rtol=0, atol=1e-6)
+    order = [name for name, kind in kinds.items() if kind in ("Region", "Full")]
+    first_full = next(i for i, name in enumerate(order) if kinds[name] == "Full")
+    assert kinds[order[0]] == "Region" and order[first_full].startswith(("stage3", "stage4"))  # before the pooling
+    assert all(kinds[name] == "Full" for name in order[first_full:])
+
+
 def test_an_untraceable_model_runs_in_full():
     class Branchy(torch.nn.Module):  # data-dependent control flow: torch.fx cannot trace it
         def __init__(self):

@@ -15,7 +15,9 @@ activations:
   channels) both are read over the union of their rectangles;
 - anything else (global pooling, flatten, linear, squeeze-and-excitation, attention…) switches to full
   computation for the rest of the network: the P full activations are assembled once (clean map with the
-  rectangle pasted in) and the remaining graph runs as usual on them.
+  rectangle pasted in) and the remaining graph runs as usual on them;
+- so does a layer whose rectangle has grown to its whole map (deep layers, whose projective fields cover the
+  image): the rectangles are the full activations, and gathering contexts around them would only copy them.
 
 The graph is the model's ``torch.fx`` trace (of the shadow, so the user's model is never traced or run).
 Rectangles are clipped to each map and given one size per layer for the whole batch (the largest of the
@@ -84,7 +86,9 @@ class Region:
 
 @dataclass
 class Full:
-    """A layer's output computed in full for the P positions (after a layer with global context)."""
+    """A layer's output computed in full for the P positions: after a layer with global context, or once the
+    rectangles cover the whole map (what a mask changes has spread over all of it: reading contexts around
+    whole maps would only copy them)."""
 
     data: Any
 
@@ -367,8 +371,8 @@ class Incremental:
         module = self.modules.get(node.target) if node.op == "call_module" else None
         if all(isinstance(env[n], Region) for n in inputs):
             done = self._local(node, module, env, inputs)
-            if done is not None:
-                return done
+            if done is not None:  # a rectangle the size of the map is the map: the layers after it run in full
+                return Full(done.data) if done.size == tuple(done.clean.shape[-2:]) else done
         args = fx.node.map_arg(node.args, lambda n: _materialized(env[n], self.work))
         kwargs = fx.node.map_arg(node.kwargs, lambda n: _materialized(env[n], self.work))
         return Full(self._in_parts(node, module, args, kwargs))
