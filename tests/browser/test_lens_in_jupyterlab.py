@@ -114,6 +114,7 @@ def test_attribution_controls_change_the_drawing(demo: Notebook):
     # fewer samples can legitimately pick the same five superpixels and draw the same picture)
     wait_redraw(page, panel, before, before_pixels)
     assert panel.evaluate(CANVAS) != before_pixels
+    demo.screenshot("attribution_lime", page.locator(".widget-tab:visible").first)
     for method, slider, value in (("SmoothGrad", "noise", 0.35), ("Integrated Gradients", "steps", 6)):
         before = render_count(panel)
         choose(page, "method", method)
@@ -138,7 +139,7 @@ def test_attribution_controls_change_the_drawing(demo: Notebook):
     # hover shows the value under the cursor
     panel.locator("canvas.cl-canvas").hover(position={"x": 100, "y": 100})
     assert panel.locator(".cl-hover").text_content().startswith("(")
-    demo.screenshot("attribution_lime", page.locator(".widget-tab:visible").first)
+    demo.screenshot("attribution_display_controls", page.locator(".widget-tab:visible").first)
 
 
 def test_target_and_image_picker_reach_the_kernel(demo: Notebook):
