@@ -229,7 +229,7 @@ class Session:
 
     def heap_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The batch ``x`` (N×C×H×W) in forwards of :meth:`batch_in_heap` images: how a pass over a dataset
-        (scan, embeddings, filter health) runs a loaded batch through the model."""
+        (scan, embeddings, filter health) or LIME runs a loaded batch through the model."""
         return x.split(self.batch_in_heap(tuple(x.shape[-2:]), len(x)))
 
     def images_per_forward(self, batch_size: int | None, size: tuple[int, int]) -> int:
