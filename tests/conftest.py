@@ -61,3 +61,16 @@ def assert_unchanged(model: torch.nn.Module, before: dict) -> None:
         assert (g0 is None and g1 is None) or torch.equal(g0, g1)
     assert before["hooks"] == after["hooks"]
     assert before["devices"] == after["devices"]
+
+
+def forwards_in_parts(monkeypatch: pytest.MonkeyPatch, part: int | None) -> list[int]:
+    """Make the session's heap-sized part ``part`` images (at most the batch asked for; None: leave it) and
+    record the size of every forward from then on, in the list returned."""
+    from cnnlens.core.session import Session
+
+    if part is not None:
+        monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: min(part, most))
+    sizes: list[int] = []
+    forward = Session.raw_forward
+    monkeypatch.setattr(Session, "raw_forward", lambda self, x: sizes.append(len(x)) or forward(self, x))
+    return sizes

@@ -10,10 +10,9 @@ from scipy.stats import spearmanr
 
 import cnnlens as cl
 from cnnlens.core.progress import Cancelled, CancelToken
-from cnnlens.core.session import Session
 from cnnlens.dataset.checks import _randomize
 from cnnlens.dataset.metrics import as_maps, mask_of
-from tests.conftest import assert_unchanged, random_model, snapshot
+from tests.conftest import assert_unchanged, forwards_in_parts, random_model, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +172,7 @@ def test_curves_run_in_heap_sized_batches_by_default(shapes, monkeypatch):
     model, _, images, _ = shapes
     x, m = images[2], torch.rand(64, 64, generator=torch.Generator().manual_seed(5))
     whole = cl.deletion(model, x, m, steps=12, batch_size=64)
-    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: 5)
-    sizes: list[int] = []
-    forward = Session.raw_forward
-    monkeypatch.setattr(Session, "raw_forward", lambda self, x: sizes.append(len(x)) or forward(self, x))
+    sizes = forwards_in_parts(monkeypatch, 5)
     parts = cl.deletion(model, x, m, steps=12)
     assert max(sizes) == 5 and sizes.count(5) == 2 and sizes[-1] == 3  # the 13 images, after the clean forward
     torch.testing.assert_close(parts.scores, whole.scores, rtol=0, atol=1e-6)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 import cnnlens as cl
 from cnnlens.core.progress import Cancelled, CancelToken
 
-from .conftest import assert_unchanged, random_model, snapshot
+from .conftest import assert_unchanged, forwards_in_parts, random_model, snapshot
 from .test_invariants import MidTraining
 
 LAYERS = ["stage1", "stage2.bn1", "stage2.relu1", "stage4", "gap", "fc"]
@@ -52,15 +52,11 @@ def test_pooled_vectors_equal_a_brute_force_forward(shapes):
 def test_forwards_run_in_heap_sized_parts(shapes, monkeypatch):
     """On the CPU a loaded batch goes through the model in the session's heap-sized parts (7 here, patched):
     the same vectors and predictions as whole batches."""
-    from cnnlens.core.session import Session
 
     model, data = shapes
     images = torch.stack([data[i][0] for i in range(100)])
     whole = cl.Embedder(model, images, batch_size=40).vectors(LAYERS)
-    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: min(7, most))
-    sizes: list[int] = []
-    forward = Session.raw_forward
-    monkeypatch.setattr(Session, "raw_forward", lambda self, x: sizes.append(len(x)) or forward(self, x))
+    sizes = forwards_in_parts(monkeypatch, 7)
     embedder = cl.Embedder(model, images, batch_size=40)
     parts = embedder.vectors(LAYERS)
     assert max(sizes) == 7 and sum(sizes) == 100 and sizes[:6] == [7, 7, 7, 7, 7, 5]  # 40 = 5 × 7 + 5

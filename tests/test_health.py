@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 
 import cnnlens as cl
-from cnnlens.core.session import Session
 from cnnlens.dataset.health import TRANSFORMS, Pair, kernel_pairs
 
-from .conftest import assert_unchanged, random_model, snapshot
+from .conftest import assert_unchanged, forwards_in_parts, random_model, snapshot
 from .test_invariants import MidTraining, _assert_no_hooks_left
 
 
@@ -191,13 +190,8 @@ def test_dead_units_match_a_plain_forward_over_the_data(shapes):
         reference(images)
     cl.filter_health(sick, images[:2], layer=["stage3.conv1"])  # the layer table's probe forwards, cached
     for batch_size, part in ((7, None), (120, None), (120, 9)):  # 9: forwards in heap-sized parts (patched)
-        sizes: list[int] = []
         with pytest.MonkeyPatch.context() as patch:
-            if part is not None:
-                patch.setattr(Session, "batch_in_heap", lambda self, size, most, part=part: min(part, most))
-            forward = Session.raw_forward
-            patch.setattr(Session, "raw_forward",
-                          lambda self, x, sizes=sizes, forward=forward: sizes.append(len(x)) or forward(self, x))
+            sizes = forwards_in_parts(patch, part)
             report = cl.filter_health(sick, images, layer=["stage3.conv1"], batch_size=batch_size)
         assert max(sizes) == (part or batch_size) and sum(sizes) == 120
         torch.testing.assert_close(report.peak["stage1.conv1"], outputs["s1"].amax((0, 2, 3)))

@@ -12,7 +12,7 @@ import torch
 import cnnlens as cl
 from cnnlens.core.session import HEAP_BLOCK, Session, look
 
-from .conftest import random_model
+from .conftest import forwards_in_parts, random_model
 
 occlusion_module = sys.modules["cnnlens.explain.occlusion"]  # (the package exports the function by that name)
 plain_batch = occlusion_module.plain_batch
@@ -126,10 +126,7 @@ def test_gradient_paths_run_in_heap_sized_batches_by_default(default, monkeypatc
     x = data.images[3]
     kwargs = {"steps": 12} if method == "integrated_gradients" else {"samples": 12, "seed": 0}
     whole = getattr(cl, method)(model, x, 1, batch_size=64, **kwargs)
-    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: 5)
-    sizes: list[int] = []
-    forward = Session.raw_forward
-    monkeypatch.setattr(Session, "raw_forward", lambda self, x: sizes.append(len(x)) or forward(self, x))
+    sizes = forwards_in_parts(monkeypatch, 5)
     parts = getattr(cl, method)(model, x, 1, **kwargs)
     assert sizes[-3:] == [5, 5, 2]
     torch.testing.assert_close(parts.raw, whole.raw, rtol=1e-4, atol=1e-6)
@@ -141,10 +138,7 @@ def test_lime_runs_its_samples_in_heap_sized_forwards(default, monkeypatch):
     model, data = default
     x = data.images[3]
     whole = cl.lime(model, x, 1, samples=40, batch_size=16, seed=0)
-    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: min(5, most))
-    sizes: list[int] = []
-    forward = Session.raw_forward
-    monkeypatch.setattr(Session, "raw_forward", lambda self, x: sizes.append(len(x)) or forward(self, x))
+    sizes = forwards_in_parts(monkeypatch, 5)
     parts = cl.lime(model, x, 1, samples=40, batch_size=16, seed=0)
     assert sizes[-10:] == [5, 5, 5, 1, 5, 5, 5, 1, 5, 3]  # batches of 16, 16 and 8 in parts of 5
     torch.testing.assert_close(parts.extras["weights"][0], whole.extras["weights"][0], rtol=1e-4, atol=1e-6)

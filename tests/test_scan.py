@@ -17,7 +17,7 @@ import cnnlens as cl
 from cnnlens.core.hooks import capture
 from cnnlens.core.session import look
 
-from .conftest import assert_unchanged, random_model, snapshot
+from .conftest import assert_unchanged, forwards_in_parts, random_model, snapshot
 
 LAYERS = ["stage1.relu1", "stage2.conv2", "stage3", "stage4"]
 
@@ -88,14 +88,10 @@ def test_every_default_layer_equals_the_brute_force_top_k(shapes):
 def test_forwards_run_in_heap_sized_parts_with_the_lists_of_whole_batches(shapes, monkeypatch):
     """On the CPU a loaded batch goes through the model in parts whose largest activation fits one heap
     block (7 images here, patched): the lists, positions and class lists are those of whole batches."""
-    from cnnlens.core.session import Session
 
     model, data = shapes
     whole = cl.scan(model, data, LAYERS, k=4, batch_size=48)
-    monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: min(7, most))
-    sizes: list[int] = []
-    forward = Session.raw_forward
-    monkeypatch.setattr(Session, "raw_forward", lambda self, x: sizes.append(len(x)) or forward(self, x))
+    sizes = forwards_in_parts(monkeypatch, 7)
     parts = cl.scan(model, data, LAYERS, k=4, batch_size=48)
     assert max(sizes) == 7 and sum(sizes) == len(data.images) and sizes[:7] == [7] * 6 + [6]  # 48 = 6 × 7 + 6
     for name in LAYERS:
