@@ -386,7 +386,8 @@ class Incremental:
                 isinstance(module, (nn.Linear, nn.Conv2d)) or (node.op == "call_function"
                                                                and node.target in _ROW_PRODUCTS)):
             return self._call(node, args, kwargs)
-        return torch.cat([self._call(node, (part, *args[1:]), kwargs) for part in first.split(self.rows)])
+        return torch.cat([self._call(node, (part, *args[1:]), kwargs)
+                          for part in first.split(part_sizes(len(first), self.rows))])
 
     def _local(self, node: fx.Node, module: nn.Module | None, env: dict, inputs: list[fx.Node]) -> Region | None:
         """The node computed on rectangles, or None when it needs the full maps."""
@@ -420,7 +421,9 @@ class Incremental:
         if kind == "conv" and (kh, kw) == (1, 1) and (ph, pw) == (0, 0) and g["module"].groups == 1:
             context = _read(region, oy * sh, ox * sw, (oh - 1) * sh + 1, (ow - 1) * sw + 1, 0.0, self._padded,
                             self.work)[:, :, ::sh, ::sw]
-            return Region(_pointwise_conv(context, g["module"], tuple(clean_out.shape[-2:])), oy, ox, clean_out)
+            per_call = part_sizes(len(context), self.rows or len(context))[0]  # maps per plain forward's call
+            return Region(_pointwise_conv(context, g["module"], tuple(clean_out.shape[-2:]), per_call), oy, ox,
+                          clean_out)
         context = _read(region, oy * sh - ph, ox * sw - pw, (oh - 1) * sh + (kh - 1) * dh + 1,
                         (ow - 1) * sw + (kw - 1) * dw + 1, -math.inf if kind == "max" else 0.0, self._padded,
                         self.work)
@@ -599,21 +602,31 @@ def _read(value: Region, y: torch.Tensor, x: torch.Tensor, h: int, w: int, pad: 
     return out.view(count, channels, h, w)
 
 
-def _pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, shape: tuple[int, int]) -> torch.Tensor:
-    """A 1×1 convolution of ``x`` (P×C×h×w) computed on pixels packed into maps of the layer's own output
-    ``shape``: oneDNN picks its kernel, and so its order of summation, by the map's size, so packing makes
-    every pixel come out bitwise as in the plain forward (a crop of another size can differ in the last
-    bits)."""
+def part_sizes(count: int, most: int) -> list[int]:
+    """``count`` rows split into as few parts of at most ``most`` as possible, of sizes that differ by at most
+    one (64 in parts of 20: 16, 16, 16, 16, not 20, 20, 20, 4): a convolution's kernel, and so its order of
+    summation, can change with the batch size (a batch of one often takes another), so every plain forward
+    and every engine call that must agree with it runs on batches of nearly one size, never a stray one."""
+    parts = max(1, -(-count // max(1, most)))
+    return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
+
+
+def _pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, shape: tuple[int, int], per_call: int) -> torch.Tensor:
+    """A 1×1 convolution of ``x`` (P×C×h×w) computed on pixels packed into batches of ``per_call`` maps of the
+    layer's own output ``shape`` (zeros after the last pixel): oneDNN picks its kernel, and so its order of
+    summation, by the batch's shape (a 1×1 convolution 256→64 on 14×14 maps sums differently in batches of
+    fewer than 16 on one thread), so packing into the very shape of the plain forward's calls (its parts of
+    ``per_call`` positions) makes every pixel come out bitwise as there."""
     count, channels, h, w = x.shape
     if (h, w) == shape:  # whole maps already
         return F.conv2d(x, conv.weight, conv.bias)
     pixels = count * h * w
     per_map = shape[0] * shape[1]
-    maps = max(2, -(-pixels // per_map))  # never one map: a batch of one can take another kernel (see clean)
-    packed = x.new_empty(channels, maps * per_map)  # channel-major: each channel's pixels in a row
+    calls = -(-pixels // (per_call * per_map))
+    packed = x.new_zeros(channels, calls * per_call * per_map)  # channel-major: each channel's pixels in a row
     packed[:, :pixels].view(channels, count, h, w).copy_(x.transpose(0, 1))
-    packed[:, pixels:] = 0
-    out = F.conv2d(packed.view(channels, maps, *shape).transpose(0, 1).contiguous(), conv.weight, conv.bias)
+    maps = packed.view(channels, calls * per_call, *shape).transpose(0, 1)
+    out = torch.cat([F.conv2d(part.contiguous(), conv.weight, conv.bias) for part in maps.split(per_call)])
     out = out.transpose(0, 1).reshape(out.shape[1], -1)[:, :pixels]
     return out.reshape(-1, count, h, w).transpose(0, 1).contiguous()
 

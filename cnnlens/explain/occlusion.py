@@ -49,7 +49,7 @@ from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
 from ..core.session import Session, look, redone_when_weights_move
 from ._common import explanation, objective_for, positive_int
-from .incremental import Incremental, graph_of, output_node_of
+from .incremental import Incremental, graph_of, output_node_of, part_sizes
 from .position_grid import (
     ESTIMATE_BOUND,
     ESTIMATE_MARGIN,
@@ -352,8 +352,7 @@ class _Run:
         has_log = isinstance(self.objective, Prob)
         starts = torch.tensor(places, device=self.images.device)
         new = {key: [] for key in ("target", "unit", "log", "label")}
-        for start in range(0, len(places), self.batch_size):
-            chunk = starts[start:start + self.batch_size]
+        for chunk in starts.split(part_sizes(len(places), self.batch_size)):  # no stray batch of one at the end
             windows = _windows(chunk, self.mask_size, size)
             parts = {key: [] for key in new}
             for i, image in enumerate(self.images):
@@ -491,7 +490,7 @@ class _Run:
         """(logits, unit totals) of image ``i`` occluded in ``windows``, by the plain forward, ``full_batch``
         images at a time."""
         logits, totals = [], []
-        for part in windows.split(self.full_batch):
+        for part in windows.split(part_sizes(len(windows), self.full_batch)):
             logits.append(self.s.logits(torch.where(part[:, None], fill[None], image[None])))
             totals.append(self.cap[self.layer][:, self.units[i]].flatten(1).double().sum(1))
         return torch.cat(logits), torch.cat(totals)
