@@ -222,30 +222,39 @@ class Incremental:
     def clean(self, x: torch.Tensor) -> None:
         """Run the clean image ``x`` (1×C×H×W) and keep every node's output (copied: later in-place
         operations must not change what later reads take as clean). The maps kept are those of the image
-        run in a batch of two: a convolution run on one image can take another kernel than on a batch and
-        differ in the last bits (64→256 channels on 13×13 maps do), and the occluded positions, read
-        around their rectangles from these maps, must agree with the plain forward of a batch of them."""
+        run in a batch of the plain forward's size (``rows``; at least two): a convolution's oneDNN kernel, and
+        so its order of summation, can change with the batch (on one thread a 1×1 convolution 256→64 on 20×20
+        maps sums differently in a batch of 2 than of 64), and the occluded positions, read around their
+        rectangles from these maps, must agree with the plain forward of a batch of them."""
         self.clean_values = self._values_of(x)
         self._padded = {}
-        for node, paired in self._values_of(x.repeat(2, 1, 1, 1)).items():
-            value = self.clean_values[node]
-            if isinstance(value, torch.Tensor) and isinstance(paired, torch.Tensor) and value.dim() > 0 and \
-                    paired.shape == (2 * value.shape[0], *value.shape[1:]) and node.op != "get_attr":
-                self.clean_values[node] = paired[:len(value)].clone()
+        self.clean_values.update(self._values_of(x.repeat(max(2, self.rows or 2), 1, 1, 1), self.clean_values))
 
-    def _values_of(self, x: torch.Tensor) -> dict[fx.Node, Any]:
+    def _values_of(self, x: torch.Tensor, single: dict[fx.Node, Any] | None = None) -> dict[fx.Node, Any]:
         """Every node's output for the input ``x``, each as it was made (copied: a later in-place operation
-        changes the tensor the graph passes on, not the copy)."""
+        changes the tensor the graph passes on, not the copy). With ``single`` (the values of one of ``x``'s
+        images run alone), ``x`` is that image repeated: only the first image's slice of each batch-shaped
+        output is kept, and outputs are dropped once no later node reads them (the memory of a plain forward)."""
+        last_read = {source: i for i, node in enumerate(self.nodes) for source in node.all_input_nodes}
         env: dict[fx.Node, Any] = {}
         kept: dict[fx.Node, Any] = {}
-        for node in self.nodes:
+        for i, node in enumerate(self.nodes):
             if node.op == "output":
                 return kept
             value = x if node.op == "placeholder" else self._call(
                 node, fx.node.map_arg(node.args, lambda n: env[n]), fx.node.map_arg(node.kwargs, lambda n: env[n]))
             env[node] = value
             copy = isinstance(value, torch.Tensor) and node.op != "get_attr"  # weights are never changed
-            kept[node] = value.clone() if copy else value
+            if single is None:
+                kept[node] = value.clone() if copy else value
+            else:
+                alone = single.get(node)
+                if copy and isinstance(alone, torch.Tensor) and alone.dim() > 0 and \
+                        value.shape == (len(x) * alone.shape[0], *alone.shape[1:]):
+                    kept[node] = value[:len(alone)].clone()
+                for source in node.all_input_nodes:
+                    if last_read[source] == i:
+                        del env[source]
         raise RuntimeError("the traced graph has no output")
 
     def _call(self, node: fx.Node, args: Any, kwargs: Any) -> Any:

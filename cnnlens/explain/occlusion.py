@@ -313,7 +313,8 @@ class _Run:
         self.s, self.cap, self.images, self.objective, self.layer = session, cap, images, objective, layer
         self.units, self.mask_size, self.mask_value = units, mask_size, mask_value
         self.batch_size, self.steps = batch_size, steps
-        self.full_batch = full_batch or batch_size  # images per plain forward (parts of a batch)
+        # images per plain forward: a batch's parts of nearly one size (64 in parts of at most 41: 32 and 32)
+        self.full_batch = part_sizes(batch_size, full_batch or batch_size)[0]
         self.clean_log = _log_values(objective, Context(images, {}, logits))
         self.clean = clean  # the objective per image, unoccluded
         self.linearize = False  # engines take slopes at their cuts (while a calibration runs)
