@@ -108,6 +108,10 @@ def test_batches_split_into_parts_of_nearly_one_size():
     assert engine_module.part_sizes(64, 20) == [16, 16, 16, 16]
     assert engine_module.part_sizes(41, 20) == [14, 14, 13]
     assert engine_module.part_sizes(20, 20) == [20] and engine_module.part_sizes(3, 64) == [3]
+    # positions: whole batches, the last two of nearly one size when the last would be short
+    assert occlusion_module.batch_sizes(196, 64) == [64, 64, 34, 34]
+    assert occlusion_module.batch_sizes(65, 64) == [33, 32] and occlusion_module.batch_sizes(41, 64) == [41]
+    assert occlusion_module.batch_sizes(128, 64) == [64, 64]
 
 
 def test_no_position_is_computed_in_a_stray_batch_of_one():
@@ -275,7 +279,7 @@ def test_tau_caps_the_recomputed_field_and_one_is_exact(default):
     assert not torch.equal(capped.map, exact.map)  # an approximation: values outside the cap stay clean
     drop, approx = exact.extras["drop_map"], capped.extras["drop_map"]
     # (a capped map depends on which positions share a batch: one rectangle size per batch, the largest of its
-    # positions'; on this image 0.84 in batches of 64, 64, 64, 4 and 0.78 in four of 49)
+    # positions'; on this image 0.84 in batches of 64, 64, 64, 4, 0.80 in 64, 64, 34, 34 and 0.78 in four of 49)
     assert torch.corrcoef(torch.stack([drop.flatten(), approx.flatten()]))[0, 1] > 0.7
 
 

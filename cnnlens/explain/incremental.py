@@ -430,7 +430,8 @@ class Incremental:
         if kind == "conv" and (kh, kw) == (1, 1) and (ph, pw) == (0, 0) and g["module"].groups == 1:
             context = _read(region, oy * sh, ox * sw, (oh - 1) * sh + 1, (ow - 1) * sw + 1, 0.0, self._padded,
                             self.work)[:, :, ::sh, ::sw]
-            per_call = part_sizes(len(context), self.rows or len(context))[0]  # maps per plain forward's call
+            approximate = self._run_tau is not None and self._run_tau < 1  # no plain forward to agree with
+            per_call = None if approximate else part_sizes(len(context), self.rows or len(context))[0]
             return Region(_pointwise_conv(context, g["module"], tuple(clean_out.shape[-2:]), per_call), oy, ox,
                           clean_out)
         context = _read(region, oy * sh - ph, ox * sw - pw, (oh - 1) * sh + (kh - 1) * dh + 1,
@@ -620,17 +621,21 @@ def part_sizes(count: int, most: int) -> list[int]:
     return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
 
 
-def _pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, shape: tuple[int, int], per_call: int) -> torch.Tensor:
+def _pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, shape: tuple[int, int], per_call: int | None
+                    ) -> torch.Tensor:
     """A 1×1 convolution of ``x`` (P×C×h×w) computed on pixels packed into batches of ``per_call`` maps of the
     layer's own output ``shape`` (zeros after the last pixel): oneDNN picks its kernel, and so its order of
     summation, by the batch's shape (a 1×1 convolution 256→64 on 14×14 maps sums differently in batches of
     fewer than 16 on one thread), so packing into the very shape of the plain forward's calls (its parts of
-    ``per_call`` positions) makes every pixel come out bitwise as there."""
+    ``per_call`` positions) makes every pixel come out bitwise as there. ``per_call`` None (an approximate
+    run): as few maps as hold the pixels (at least two), in one call."""
     count, channels, h, w = x.shape
     if (h, w) == shape:  # whole maps already
         return F.conv2d(x, conv.weight, conv.bias)
     pixels = count * h * w
     per_map = shape[0] * shape[1]
+    if per_call is None:
+        per_call = max(2, -(-pixels // per_map))
     calls = -(-pixels // (per_call * per_map))
     packed = x.new_zeros(channels, calls * per_call * per_map)  # channel-major: each channel's pixels in a row
     packed[:, :pixels].view(channels, count, h, w).copy_(x.transpose(0, 1))

@@ -86,6 +86,17 @@ def positions(length: int, mask_size: int, stride: int) -> list[int]:
     return starts
 
 
+def batch_sizes(count: int, batch_size: int) -> list[int]:
+    """``count`` positions in batches of ``batch_size``, the last two of nearly one size when the last would be
+    short (196 in 64s: 64, 64, 34, 34): no stray batch of one, whose convolutions can take other kernels than
+    the batch of the clean run, while the first batch, from whose work the probe of a quality calibration is
+    chosen, stays a whole one."""
+    whole, rest = divmod(count, batch_size)
+    if rest == 0 or whole == 0:
+        return [batch_size] * whole or [count]
+    return [batch_size] * (whole - 1) + part_sizes(batch_size + rest, batch_size)
+
+
 def _fill(mask_value: Any, x: torch.Tensor, mask_size: int, dataset_mean: tuple[float, ...] | None) -> torch.Tensor:
     """What the occluder shows: a C×H×W tensor for image ``x``."""
     if isinstance(mask_value, (int, float)) and not isinstance(mask_value, bool):
@@ -353,7 +364,7 @@ class _Run:
         has_log = isinstance(self.objective, Prob)
         starts = torch.tensor(places, device=self.images.device)
         new = {key: [] for key in ("target", "unit", "log", "label")}
-        for chunk in starts.split(part_sizes(len(places), self.batch_size)):  # no stray batch of one at the end
+        for chunk in starts.split(batch_sizes(len(places), self.batch_size)):
             windows = _windows(chunk, self.mask_size, size)
             parts = {key: [] for key in new}
             for i, image in enumerate(self.images):
