@@ -134,6 +134,34 @@ def test_configure_changes_only_what_it_is_given():
     assert cl.configure(model, reset=True, input_size=32).mean is None
 
 
+def test_a_stem_the_first_convolution_module_is_not_takes_its_channels_from_configure():
+    """A stem written with F.conv2d (its weight a plain parameter) leaves cnnlens to guess the input's channels
+    from the first convolution module, here 16: the error says what to do, and configure(channels=3) makes
+    every method run, with the gradient of the model itself."""
+
+    class FunctionalStem(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Parameter(torch.randn(16, 3, 3, 3) * 0.2)
+            self.conv = nn.Conv2d(16, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.conv(torch.relu(nn.functional.conv2d(x, self.stem, padding=1))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = FunctionalStem().eval(), torch.rand(3, 16, 16)
+    with pytest.raises(ValueError, match=r"configure\(model, channels=3\)"):
+        cl.saliency(model, x, 2)
+    with pytest.raises(ValueError, match="channels"):
+        cl.configure(model, channels=0)
+    assert cl.configure(model, channels=3).channels == 3
+    result = cl.saliency(model, x, 2)
+    leaf = x[None].clone().requires_grad_(True)
+    model(leaf)[0, 2].backward()
+    torch.testing.assert_close(result.raw, leaf.grad[0], rtol=1e-5, atol=1e-7)
+
+
 def test_changed_plain_attributes_are_seen_on_the_next_call():
     """A temperature (or any plain attribute) changed between calls reaches the shadow."""
 

@@ -266,6 +266,29 @@ def test_module_reached_through_a_global_variable_is_refused_with_a_clear_error(
         del globals()["GLOBAL_BODY"]
 
 
+def test_an_attribute_named_like_a_global_module_is_not_a_global_call():
+    """``self.stem`` in forward while a notebook holds the model in a global ``stem``: the attribute's name is
+    not a call of the global (it was refused: the check read every name the code mentions, attributes too)."""
+
+    class Stem(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = block(3, 8)
+            self.head = Head()
+
+        def forward(self, x):
+            return self.head(self.stem(x))
+
+    model = Stem()
+    globals()["stem"] = model
+    try:
+        before = snapshot(model)
+        assert cl.saliency(model, X, 0).map.shape == X.shape[-2:]
+        assert_unchanged(model, before)
+    finally:
+        del globals()["stem"]
+
+
 def test_global_module_hooks_never_fire_for_cnnlens_and_keep_working_for_the_user():
     """Process-wide hooks belong to the user's own forwards; cnnlens neither triggers nor removes them."""
     from torch.nn.modules import module as torch_module

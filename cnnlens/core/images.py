@@ -80,7 +80,9 @@ def _fit_channels(image: torch.Tensor, channels: int | None, rgb_like: bool) -> 
         return image[:3] if c == 4 else image[:1].expand(3, -1, -1)  # drop alpha
     if channels == 1 and c in (3, 4) and rgb_like:
         return (image[:3] * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1).to(image)).sum(0, keepdim=True)
-    raise ValueError(f"x has {c} channels; the model expects {channels} (its first convolution's in_channels).")
+    raise ValueError(f"x has {c} channels; the model expects {channels} (the in_channels of its first convolution "
+                     f"module). If the model takes {c}-channel images (its stem is written with F.conv2d, or another "
+                     f"convolution is registered first), tell cnnlens: cnnlens.configure(model, channels={c}).")
 
 
 def to_batch(x: Any, *, channels: int | None, size: tuple[int, int] | None,

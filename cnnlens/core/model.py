@@ -44,7 +44,9 @@ class InputSpec:
     ``input_size`` (H, W) resizes images that arrive at another size;
     ``classes`` names the outputs; ``output`` picks the logits out of a model
     that returns a tuple, dict or dataclass (an index, a key, an attribute
-    name, or a callable).
+    name, or a callable); ``channels`` the input's channels, where the first
+    convolution cnnlens finds is not the one the input meets (a stem written
+    with ``F.conv2d``, or registered after another convolution).
     """
 
     mean: tuple[float, ...] | None = None
@@ -52,6 +54,7 @@ class InputSpec:
     input_size: tuple[int, int] | None = None
     classes: tuple[str, ...] | None = None
     output: Any = None
+    channels: int | None = None
 
 
 _SPECS: weakref.WeakKeyDictionary[nn.Module, InputSpec] = weakref.WeakKeyDictionary()
@@ -59,7 +62,7 @@ _SPECS: weakref.WeakKeyDictionary[nn.Module, InputSpec] = weakref.WeakKeyDiction
 
 def configure(model: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
               input_size: int | Sequence[int] | None = None, classes: Sequence[str] | None = None,
-              output: Any = None, reset: bool = False) -> InputSpec:
+              output: Any = None, channels: int | None = None, reset: bool = False) -> InputSpec:
     """Tell cnnlens once how ``model`` takes its input; every method uses it from then on.
 
     Each call changes only what it is given (a later ``configure(model, classes=...)``
@@ -77,7 +80,11 @@ def configure(model: nn.Module, *, mean: Sequence[float] | None = None, std: Seq
     if output is not None and not (callable(output) or isinstance(output, (int, str))):
         raise TypeError("output must be an index, a key or attribute name, or a callable "
                         f"taking the model's output; got {type(output).__name__}.")
+    if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0):
+        raise ValueError(f"channels must be a positive int (the input's channels), got {channels!r}.")
     given: dict[str, Any] = {}
+    if channels is not None:
+        given["channels"] = channels
     if mean is not None:
         given.update(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
     if input_size is not None:
@@ -103,7 +110,8 @@ def spec_of(model: nn.Module) -> InputSpec:
 
 
 def expected_channels(model: nn.Module) -> int | None:
-    """Input channels of the model's first convolution, or None when it has none."""
+    """Input channels of the model's first convolution module (in registration order), or None when it has
+    none: a guess, which ``configure(model, channels=...)`` overrides."""
     for module in unwrap(model).modules():
         if isinstance(module, nn.modules.conv._ConvNd):
             return module.in_channels

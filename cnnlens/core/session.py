@@ -104,7 +104,7 @@ class Session:
         self.is_shadow = is_shadow
         self._shared = shared if shared is not None else net  # what caches are kept with (not a snapshot)
         self.spec: InputSpec = spec_of(model)
-        self.channels = _channels(model, self._shared)
+        self.channels = self.spec.channels or _channels(model, self._shared)
         ref = next(iter(model.parameters()), None)
         ref = ref if ref is not None else next(iter(model.buffers()), None)
         self.device = ref.device if ref is not None else torch.device("cpu")

@@ -42,6 +42,7 @@ restored, exactly, on exit.
 
 from __future__ import annotations
 
+import dis
 import functools
 import operator
 import threading
@@ -297,7 +298,11 @@ _CHECKED_CLASSES: weakref.WeakSet[type] = weakref.WeakSet()
 
 
 def _global_names(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
+    """The global names ``code`` (and the functions defined in it) reads: the names of its LOAD_GLOBAL (and
+    LOAD_NAME) instructions, not ``co_names``, which also lists every attribute name (``self.stem`` would make
+    a global ``stem`` look called)."""
+    names = {instruction.argval for instruction in dis.get_instructions(code)
+             if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _global_names(const)
