@@ -164,7 +164,8 @@ def test_pointwise_convolutions_run_in_the_plain_forwards_batch_shape():
     try:
         with torch.no_grad():
             plain = conv(maps)[:, :, 3:7, 5:9]
-            packed = engine_module._pointwise_conv(maps[:, :, 3:7, 5:9].contiguous(), conv, (14, 14), 64)
+            packed = engine_module._pointwise_conv(maps[:, :, 3:7, 5:9].contiguous(), conv, (14, 14), 64,
+                                                    (14, 14))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(packed, plain)

@@ -432,8 +432,8 @@ class Incremental:
                             self.work)[:, :, ::sh, ::sw]
             approximate = self._run_tau is not None and self._run_tau < 1  # no plain forward to agree with
             per_call = None if approximate else part_sizes(len(context), self.rows or len(context))[0]
-            return Region(_pointwise_conv(context, g["module"], tuple(clean_out.shape[-2:]), per_call), oy, ox,
-                          clean_out)
+            return Region(_pointwise_conv(context, g["module"], tuple(clean_out.shape[-2:]), per_call,
+                                          tuple(region.clean.shape[-2:])), oy, ox, clean_out)
         context = _read(region, oy * sh - ph, ox * sw - pw, (oh - 1) * sh + (kh - 1) * dh + 1,
                         (ow - 1) * sw + (kw - 1) * dw + 1, -math.inf if kind == "max" else 0.0, self._padded,
                         self.work)
@@ -621,26 +621,33 @@ def part_sizes(count: int, most: int) -> list[int]:
     return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
 
 
-def _pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, shape: tuple[int, int], per_call: int | None
-                    ) -> torch.Tensor:
-    """A 1×1 convolution of ``x`` (P×C×h×w) computed on pixels packed into batches of ``per_call`` maps of the
-    layer's own output ``shape`` (zeros after the last pixel): oneDNN picks its kernel, and so its order of
-    summation, by the batch's shape (a 1×1 convolution 256→64 on 14×14 maps sums differently in batches of
-    fewer than 16 on one thread), so packing into the very shape of the plain forward's calls (its parts of
-    ``per_call`` positions) makes every pixel come out bitwise as there. ``per_call`` None (an approximate
-    run): as few maps as hold the pixels (at least two), in one call."""
+def _pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, shape: tuple[int, int], per_call: int | None,
+                    source: tuple[int, int]) -> torch.Tensor:
+    """A 1×1 convolution of ``x`` (P×C×h×w, its input at the pixels its stride reads) computed on pixels
+    packed into batches of ``per_call`` maps of the layer's own output ``shape`` (zeros after the last pixel):
+    oneDNN picks its kernel, and so its order of summation, by the call's shape (a 1×1 convolution 256→64 on
+    14×14 maps sums differently in batches of fewer than 16 on one thread; a strided one on its ``source``
+    maps differently from an unstrided one on the output's), so the pixels go where the plain forward's call
+    reads them, in inputs of its very shape (parts of ``per_call`` positions, ``source`` maps, its stride), and
+    come out bitwise as there. ``per_call`` None (an approximate run): as few output-sized maps as hold the
+    pixels (at least two), one unstrided call."""
     count, channels, h, w = x.shape
-    if (h, w) == shape:  # whole maps already
+    if (h, w) == shape and conv.stride == (1, 1):  # whole maps already
         return F.conv2d(x, conv.weight, conv.bias)
     pixels = count * h * w
     per_map = shape[0] * shape[1]
+    stride = conv.stride
     if per_call is None:
-        per_call = max(2, -(-pixels // per_map))
+        per_call, stride = max(2, -(-pixels // per_map)), (1, 1)
     calls = -(-pixels // (per_call * per_map))
     packed = x.new_zeros(channels, calls * per_call * per_map)  # channel-major: each channel's pixels in a row
     packed[:, :pixels].view(channels, count, h, w).copy_(x.transpose(0, 1))
     maps = packed.view(channels, calls * per_call, *shape).transpose(0, 1)
-    out = torch.cat([F.conv2d(part.contiguous(), conv.weight, conv.bias) for part in maps.split(per_call)])
+    if stride != (1, 1):  # each pixel where the strided convolution reads it, in maps of the input's size
+        spread = maps.new_zeros(calls * per_call, channels, *source)
+        spread[:, :, ::stride[0], ::stride[1]] = maps
+        maps = spread
+    out = torch.cat([F.conv2d(part.contiguous(), conv.weight, conv.bias, stride) for part in maps.split(per_call)])
     out = out.transpose(0, 1).reshape(out.shape[1], -1)[:, :pixels]
     return out.reshape(-1, count, h, w).transpose(0, 1).contiguous()
 
