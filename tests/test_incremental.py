@@ -171,6 +171,25 @@ def test_pointwise_convolutions_run_in_the_plain_forwards_batch_shape():
     assert torch.equal(packed, plain)
 
 
+def test_strided_pointwise_convolutions_run_with_the_plain_forwards_stride():
+    """A strided 1×1 convolution (resnet's downsample, 256→512, stride 2, 56×56 → 28×28) sums differently on
+    one thread than the same weights unstrided on the pixels it reads: the engine places its pixels where the
+    strided call reads them, in inputs of the layer's own input size."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(256, 512, 1, stride=2, bias=False)
+    maps = torch.randn(10, 256, 56, 56)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            plain = conv(maps)[:, :, 3:10, 5:12]
+            packed = engine_module._pointwise_conv(maps[:, :, 6:20:2, 10:24:2].contiguous(), conv, (28, 28), 10,
+                                                   (56, 56))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(packed, plain)
+
+
 def test_rectangles_that_cover_their_map_switch_to_full_maps(default):
     """Once a layer's rectangles have grown to its whole map (deep layers: the mask's projective field covers
     the image), the layers after it run on full maps, as after global pooling: no context is gathered around
