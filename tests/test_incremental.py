@@ -108,17 +108,17 @@ def test_batches_split_into_parts_of_nearly_one_size():
     assert engine_module.part_sizes(64, 20) == [16, 16, 16, 16]
     assert engine_module.part_sizes(41, 20) == [14, 14, 13]
     assert engine_module.part_sizes(20, 20) == [20] and engine_module.part_sizes(3, 64) == [3]
-    # positions: whole batches, the last two of nearly one size when the last would be short
-    assert occlusion_module.batch_sizes(196, 64) == [64, 64, 34, 34]
-    assert occlusion_module.batch_sizes(65, 64) == [33, 32] and occlusion_module.batch_sizes(41, 64) == [41]
-    assert occlusion_module.batch_sizes(128, 64) == [64, 64]
+    rows = torch.arange(41)[:, None]
+    parts = list(engine_module.padded_parts(rows, 16))  # plain calls of exactly 16: the last padded, its 9 kept
+    assert [(len(part), count) for part, count in parts] == [(16, 16), (16, 16), (16, 9)]
+    assert torch.equal(parts[2][0][:9, 0], torch.arange(32, 41)) and bool((parts[2][0][9:, 0] == 40).all())
 
 
 def test_no_position_is_computed_in_a_stray_batch_of_one():
     """169 positions in batches of 64 leave 41, which the plain forward ran in heap-sized parts of 20: 20, 20
     and a last position alone, whose first convolution (3→64 channels on 80×80) took another oneDNN kernel
-    than the engine's batch of 41 and differed in the last bits of its probability. Parts of nearly one size
-    (14, 14, 13) keep every position's map bitwise that of the plain forward."""
+    than the engine's batch of 41 and differed in the last bits of its probability. Plain calls of one size
+    (16, the last part padded) keep every position's map bitwise that of the plain forward."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),

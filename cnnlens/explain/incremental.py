@@ -222,13 +222,13 @@ class Incremental:
     def clean(self, x: torch.Tensor) -> None:
         """Run the clean image ``x`` (1×C×H×W) and keep every node's output (copied: later in-place
         operations must not change what later reads take as clean). The maps kept are those of the image
-        run in a batch of the plain forward's size (``rows``; at least two): a convolution's oneDNN kernel, and
+        run in a batch of the plain forward's size (``rows``, else two): a convolution's oneDNN kernel, and
         so its order of summation, can change with the batch (on one thread a 1×1 convolution 256→64 on 20×20
         maps sums differently in a batch of 2 than of 64), and the occluded positions, read around their
         rectangles from these maps, must agree with the plain forward of a batch of them."""
         self.clean_values = self._values_of(x)
         self._padded = {}
-        self.clean_values.update(self._values_of(x.repeat(max(2, self.rows or 2), 1, 1, 1), self.clean_values))
+        self.clean_values.update(self._values_of(x.repeat(self.rows or 2, 1, 1, 1), self.clean_values))
 
     def _values_of(self, x: torch.Tensor, single: dict[fx.Node, Any] | None = None) -> dict[fx.Node, Any]:
         """Every node's output for the input ``x``, each as it was made (copied: a later in-place operation
@@ -387,16 +387,17 @@ class Incremental:
         return Full(self._in_parts(node, module, args, kwargs))
 
     def _in_parts(self, node: fx.Node, module: nn.Module | None, args: Any, kwargs: Any) -> Any:
-        """The node on its full input, a linear layer or convolution in parts of ``self.rows`` positions:
-        the plain forwards it must agree with run in parts of that size, and a matrix product's kernel (so its
-        order of summation) depends on the number of rows (one or two rows sum differently from four)."""
+        """The node on its full input, a linear layer or convolution in parts of exactly ``self.rows``
+        positions (the last padded, see :func:`padded_parts`): the plain forwards it must agree with run in
+        parts of that size, and a matrix product's kernel (so its order of summation) depends on the number of
+        rows (one or two rows sum differently from four)."""
         first = args[0] if args else None
-        if self.rows is None or not isinstance(first, torch.Tensor) or len(first) <= self.rows or not (
+        if self.rows is None or not isinstance(first, torch.Tensor) or len(first) == self.rows or not (
                 isinstance(module, (nn.Linear, nn.Conv2d)) or (node.op == "call_function"
                                                                and node.target in _ROW_PRODUCTS)):
             return self._call(node, args, kwargs)
-        return torch.cat([self._call(node, (part, *args[1:]), kwargs)
-                          for part in first.split(part_sizes(len(first), self.rows))])
+        return torch.cat([self._call(node, (part, *args[1:]), kwargs)[:count]
+                          for part, count in padded_parts(first, self.rows)])
 
     def _local(self, node: fx.Node, module: nn.Module | None, env: dict, inputs: list[fx.Node]) -> Region | None:
         """The node computed on rectangles, or None when it needs the full maps."""
@@ -431,7 +432,7 @@ class Incremental:
             context = _read(region, oy * sh, ox * sw, (oh - 1) * sh + 1, (ow - 1) * sw + 1, 0.0, self._padded,
                             self.work)[:, :, ::sh, ::sw]
             approximate = self._run_tau is not None and self._run_tau < 1  # no plain forward to agree with
-            per_call = None if approximate else part_sizes(len(context), self.rows or len(context))[0]
+            per_call = None if approximate else self.rows or len(context)
             return Region(_pointwise_conv(context, g["module"], tuple(clean_out.shape[-2:]), per_call,
                                           tuple(region.clean.shape[-2:])), oy, ox, clean_out)
         context = _read(region, oy * sh - ph, ox * sw - pw, (oh - 1) * sh + (kh - 1) * dh + 1,
@@ -619,6 +620,18 @@ def part_sizes(count: int, most: int) -> list[int]:
     and every engine call that must agree with it runs on batches of nearly one size, never a stray one."""
     parts = max(1, -(-count // max(1, most)))
     return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
+
+
+def padded_parts(rows: torch.Tensor, size: int) -> Any:
+    """(part, count) for ``rows`` in parts of exactly ``size`` rows: the last part, when short, is padded with
+    copies of its last row (``count`` says how many of the part's results are real). A convolution's oneDNN
+    kernel, and so its order of summation, can change with the batch size, so every plain forward and every
+    engine call that must agree with one runs on batches of one size, the clean run included."""
+    for part in rows.split(size):
+        count = len(part)
+        if count < size:
+            part = torch.cat([part, part[-1:].expand(size - count, *part.shape[1:])])
+        yield part, count
 
 
 def _pointwise_conv(x: torch.Tensor, conv: nn.Conv2d, shape: tuple[int, int], per_call: int | None,

@@ -49,7 +49,7 @@ from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
 from ..core.session import Session, look, redone_when_weights_move
 from ._common import explanation, objective_for, positive_int
-from .incremental import Incremental, graph_of, output_node_of, part_sizes
+from .incremental import Incremental, graph_of, output_node_of, padded_parts, part_sizes
 from .position_grid import (
     ESTIMATE_BOUND,
     ESTIMATE_MARGIN,
@@ -84,17 +84,6 @@ def positions(length: int, mask_size: int, stride: int) -> list[int]:
     if starts[-1] != length - mask_size:
         starts.append(length - mask_size)
     return starts
-
-
-def batch_sizes(count: int, batch_size: int) -> list[int]:
-    """``count`` positions in batches of ``batch_size``, the last two of nearly one size when the last would be
-    short (196 in 64s: 64, 64, 34, 34): no stray batch of one, whose convolutions can take other kernels than
-    the batch of the clean run, while the first batch, from whose work the probe of a quality calibration is
-    chosen, stays a whole one."""
-    whole, rest = divmod(count, batch_size)
-    if rest == 0 or whole == 0:
-        return [batch_size] * whole or [count]
-    return [batch_size] * (whole - 1) + part_sizes(batch_size + rest, batch_size)
 
 
 def _fill(mask_value: Any, x: torch.Tensor, mask_size: int, dataset_mean: tuple[float, ...] | None) -> torch.Tensor:
@@ -324,8 +313,10 @@ class _Run:
         self.s, self.cap, self.images, self.objective, self.layer = session, cap, images, objective, layer
         self.units, self.mask_size, self.mask_value = units, mask_size, mask_value
         self.batch_size, self.steps = batch_size, steps
-        # images per plain forward: a batch's parts of nearly one size (64 in parts of at most 41: 32 and 32)
+        # images per plain forward, the same in every call (64 in parts of at most 41: 32; of 10: 10, and
+        # batches of 60 positions, whole parts)
         self.full_batch = part_sizes(batch_size, full_batch or batch_size)[0]
+        self.chunk = self.full_batch * (batch_size // self.full_batch)  # positions per batch: whole parts
         self.clean_log = _log_values(objective, Context(images, {}, logits))
         self.clean = clean  # the objective per image, unoccluded
         self.linearize = False  # engines take slopes at their cuts (while a calibration runs)
@@ -364,7 +355,7 @@ class _Run:
         has_log = isinstance(self.objective, Prob)
         starts = torch.tensor(places, device=self.images.device)
         new = {key: [] for key in ("target", "unit", "log", "label")}
-        for chunk in starts.split(batch_sizes(len(places), self.batch_size)):
+        for chunk in starts.split(self.chunk):
             windows = _windows(chunk, self.mask_size, size)
             parts = {key: [] for key in new}
             for i, image in enumerate(self.images):
@@ -499,12 +490,12 @@ class _Run:
 
     def _full(self, i: int, windows: torch.Tensor, image: torch.Tensor, fill: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, unit totals) of image ``i`` occluded in ``windows``, by the plain forward, ``full_batch``
-        images at a time."""
+        """(logits, unit totals) of image ``i`` occluded in ``windows``, by the plain forward, exactly
+        ``full_batch`` images at a time (the last part padded: :func:`padded_parts`)."""
         logits, totals = [], []
-        for part in windows.split(part_sizes(len(windows), self.full_batch)):
-            logits.append(self.s.logits(torch.where(part[:, None], fill[None], image[None])))
-            totals.append(self.cap[self.layer][:, self.units[i]].flatten(1).double().sum(1))
+        for part, count in padded_parts(windows, self.full_batch):
+            logits.append(self.s.logits(torch.where(part[:, None], fill[None], image[None]))[:count])
+            totals.append(self.cap[self.layer][:count, self.units[i]].flatten(1).double().sum(1))
         return torch.cat(logits), torch.cat(totals)
 
     def _computed(self, places: list[tuple[int, int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
