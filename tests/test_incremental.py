@@ -103,11 +103,8 @@ def test_bottlenecks_depthwise_and_dense_layers_give_bitwise_the_full_maps_on_on
     _assert_same_maps(fast, full, tolerance=0.0)
 
 
-def test_batches_split_into_parts_of_nearly_one_size():
-    """64 rows in parts of at most 20 are four of 16, never 20, 20, 20 and a stray 4 (or 1)."""
-    assert engine_module.part_sizes(64, 20) == [16, 16, 16, 16]
-    assert engine_module.part_sizes(41, 20) == [14, 14, 13]
-    assert engine_module.part_sizes(20, 20) == [20] and engine_module.part_sizes(3, 64) == [3]
+def test_plain_calls_run_parts_of_one_size():
+    """41 rows in plain calls of 16: 16, 16 and the last 9 padded to 16 with copies of the last row."""
     rows = torch.arange(41)[:, None]
     parts = list(engine_module.padded_parts(rows, 16))  # plain calls of exactly 16: the last padded, its 9 kept
     assert [(len(part), count) for part, count in parts] == [(16, 16), (16, 16), (16, 9)]

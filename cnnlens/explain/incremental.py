@@ -613,15 +613,6 @@ def _read(value: Region, y: torch.Tensor, x: torch.Tensor, h: int, w: int, pad: 
     return out.view(count, channels, h, w)
 
 
-def part_sizes(count: int, most: int) -> list[int]:
-    """``count`` rows split into as few parts of at most ``most`` as possible, of sizes that differ by at most
-    one (64 in parts of 20: 16, 16, 16, 16, not 20, 20, 20, 4): a convolution's kernel, and so its order of
-    summation, can change with the batch size (a batch of one often takes another), so every plain forward
-    and every engine call that must agree with it runs on batches of nearly one size, never a stray one."""
-    parts = max(1, -(-count // max(1, most)))
-    return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
-
-
 def padded_parts(rows: torch.Tensor, size: int) -> Any:
     """(part, count) for ``rows`` in parts of exactly ``size`` rows: the last part, when short, is padded with
     copies of its last row (``count`` says how many of the part's results are real). A convolution's oneDNN

@@ -49,7 +49,7 @@ from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
 from ..core.session import Session, look, redone_when_weights_move
 from ._common import explanation, objective_for, positive_int
-from .incremental import Incremental, graph_of, output_node_of, padded_parts, part_sizes
+from .incremental import Incremental, graph_of, output_node_of, padded_parts
 from .position_grid import (
     ESTIMATE_BOUND,
     ESTIMATE_MARGIN,
@@ -313,9 +313,10 @@ class _Run:
         self.s, self.cap, self.images, self.objective, self.layer = session, cap, images, objective, layer
         self.units, self.mask_size, self.mask_value = units, mask_size, mask_value
         self.batch_size, self.steps = batch_size, steps
-        # images per plain forward, the same in every call (64 in parts of at most 41: 32; of 10: 10, and
-        # batches of 60 positions, whole parts)
-        self.full_batch = part_sizes(batch_size, full_batch or batch_size)[0]
+        # images per plain forward, the same in every call: the batch in as few parts of at most full_batch as
+        # possible, nearly equal (64 in parts of at most 41: 32; of at most 10: 10, and batches of 60 positions)
+        parts = -(-batch_size // (full_batch or batch_size))
+        self.full_batch = -(-batch_size // parts)
         self.chunk = self.full_batch * (batch_size // self.full_batch)  # positions per batch: whole parts
         self.clean_log = _log_values(objective, Context(images, {}, logits))
         self.clean = clean  # the objective per image, unoccluded
@@ -396,13 +397,15 @@ class _Run:
                     self.engines[i].slopes = {}
         engine = self.engines[i]
         start = time.perf_counter()
+        count = len(chunk)  # a short batch runs padded like the plain forward's last part (its tensors' layout,
+        chunk = next(padded_parts(chunk, -(-count // self.full_batch) * self.full_batch))[0]  # so its bits)
         output, unit_total = engine.run(chunk[:, 0], chunk[:, 1], self._crops(i, chunk), int(self.units[i]))
         self.engine_seconds = time.perf_counter() - start  # for "auto"'s check on the first batch
         if self.linearize and not self.probe_decided and engine.work[0] > 0:  # from the first batch's work:
             cheap = [node for node, work in engine.work_at.items() if work <= _PROBE_WORK * engine.work[0]]
             self.probe = cheap[-1].name if cheap else None  # the deepest cut within _PROBE_WORK of it
             self.probe_decided = True
-        return self.s.checked_logits(output), unit_total
+        return self.s.checked_logits(output)[:count], None if unit_total is None else unit_total[:count]
 
     def _crops(self, i: int, chunk: torch.Tensor) -> torch.Tensor:
         """What the occluder shows at the ``chunk`` positions of image ``i``, in the network's input space."""
