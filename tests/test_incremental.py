@@ -3,6 +3,7 @@ with a safe fall-back; and the approximate modes with their measured quality."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import weakref
@@ -32,6 +33,25 @@ def _assert_same_maps(fast, full, tolerance: float = 1e-5) -> None:
         assert error <= tolerance, (key, error)
     assert torch.equal(fast.extras["label_map"], full.extras["label_map"])
     assert torch.equal(fast.extras["label_grid"], full.extras["label_grid"])
+
+
+@contextlib.contextmanager
+def _threads(count: int):
+    """torch on ``count`` threads inside (oneDNN's kernels, and so the bits, depend on it), as before after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _both_ways(model: torch.nn.Module) -> tuple:
+    """(incremental, full) occlusion of ``model`` at 80 px on a random image: 12 px mask, stride 6 (169
+    positions, in batches of 64 and a last short one)."""
+    cl.configure(model, input_size=80)
+    x = torch.rand(3, 80, 80, generator=torch.Generator().manual_seed(1))
+    return tuple(cl.occlusion(model, x, 3, mask_size=12, stride=6, incremental=way) for way in (True, False))
 
 
 @pytest.mark.parametrize(("mask_size", "stride", "mask_value"),
@@ -89,15 +109,8 @@ def test_bottlenecks_depthwise_and_dense_layers_give_bitwise_the_full_maps_on_on
     before the engine matched the plain forward's batches): bitwise equal maps, 169 positions."""
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
-    cl.configure(model, input_size=80)
-    x = torch.rand(3, 80, 80, generator=torch.Generator().manual_seed(1))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fast = cl.occlusion(model, x, 3, mask_size=12, stride=6, incremental=True)
-        full = cl.occlusion(model, x, 3, mask_size=12, stride=6, incremental=False)
-    finally:
-        torch.set_num_threads(threads)
+    with _threads(1):
+        fast, full = _both_ways(model)
     assert fast.params["inference"] == "incremental" and fast.raw.numel() == 169
     assert torch.equal(fast.raw, full.raw)
     _assert_same_maps(fast, full, tolerance=0.0)
@@ -110,11 +123,7 @@ def test_a_short_last_batch_runs_in_the_plain_forwards_layout(name):
     kernels take their scalar tail (squeeze-and-excitation's sigmoid, convnext's GELU) and differed in the last
     bits. The engine pads the batch alike: bitwise equal maps."""
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
-    cl.configure(model, input_size=80)
-    x = torch.rand(3, 80, 80, generator=torch.Generator().manual_seed(1))
-    fast = cl.occlusion(model, x, 3, mask_size=12, stride=6, incremental=True)
-    full = cl.occlusion(model, x, 3, mask_size=12, stride=6, incremental=False)
+    fast, full = _both_ways(torchvision.models.get_model(name, weights=None, num_classes=10).eval())
     assert fast.params["inference"] == "incremental"
     assert torch.equal(fast.raw, full.raw)
 
@@ -136,10 +145,7 @@ def test_no_position_is_computed_in_a_stray_batch_of_one():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
-    cl.configure(model, input_size=80)
-    x = torch.rand(3, 80, 80, generator=torch.Generator().manual_seed(1))
-    fast = cl.occlusion(model, x, 3, mask_size=12, stride=6, incremental=True)
-    full = cl.occlusion(model, x, 3, mask_size=12, stride=6, incremental=False)
+    fast, full = _both_ways(model)
     assert fast.params["inference"] == "incremental" and fast.raw.numel() == 169
     assert torch.equal(fast.raw, full.raw)
 
@@ -152,15 +158,8 @@ def test_the_clean_maps_are_those_of_a_batch_of_the_plain_forwards_size():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 256, 4, stride=4), torch.nn.Conv2d(256, 64, 1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
-    cl.configure(model, input_size=80)
-    x = torch.rand(3, 80, 80, generator=torch.Generator().manual_seed(1))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fast = cl.occlusion(model, x, 3, mask_size=12, stride=6, incremental=True)
-        full = cl.occlusion(model, x, 3, mask_size=12, stride=6, incremental=False)
-    finally:
-        torch.set_num_threads(threads)
+    with _threads(1):
+        fast, full = _both_ways(model)
     assert fast.params["inference"] == "incremental"
     assert torch.equal(fast.raw, full.raw)
 
@@ -172,15 +171,9 @@ def test_pointwise_convolutions_run_in_the_plain_forwards_batch_shape():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(256, 64, 1)
     maps = torch.randn(64, 256, 14, 14)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            plain = conv(maps)[:, :, 3:7, 5:9]
-            packed = engine_module._pointwise_conv(maps[:, :, 3:7, 5:9].contiguous(), conv, (14, 14), 64,
-                                                    (14, 14))
-    finally:
-        torch.set_num_threads(threads)
+    with _threads(1), torch.no_grad():
+        plain = conv(maps)[:, :, 3:7, 5:9]
+        packed = engine_module._pointwise_conv(maps[:, :, 3:7, 5:9].contiguous(), conv, (14, 14), 64, (14, 14))
     assert torch.equal(packed, plain)
 
 
@@ -191,15 +184,10 @@ def test_strided_pointwise_convolutions_run_with_the_plain_forwards_stride():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(256, 512, 1, stride=2, bias=False)
     maps = torch.randn(10, 256, 56, 56)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            plain = conv(maps)[:, :, 3:10, 5:12]
-            packed = engine_module._pointwise_conv(maps[:, :, 6:20:2, 10:24:2].contiguous(), conv, (28, 28), 10,
-                                                   (56, 56))
-    finally:
-        torch.set_num_threads(threads)
+    with _threads(1), torch.no_grad():
+        plain = conv(maps)[:, :, 3:10, 5:12]
+        packed = engine_module._pointwise_conv(maps[:, :, 6:20:2, 10:24:2].contiguous(), conv, (28, 28), 10,
+                                               (56, 56))
     assert torch.equal(packed, plain)
 
 
