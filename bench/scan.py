@@ -81,7 +81,7 @@ def scan_part(model: torch.nn.Module, side: int) -> int:
     from cnnlens.core.session import look
 
     with look(model) as s:
-        return s.batch_in_heap((side, side), BATCH)
+        return len(s.heap_parts(torch.empty(BATCH, 3, side, side))[0])
 
 
 def interleaved_medians(fns: list[Callable[[], object]], rounds: int) -> list[float]:

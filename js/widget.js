@@ -214,7 +214,9 @@ function renderBars(model, ui) {
   ui.bars.replaceChildren();
   for (const [name, prob] of bars) {
     const row = el("div", "cl-bar-row", ui.bars);
-    el("span", "cl-bar-name", row).textContent = name;
+    const label = el("span", "cl-bar-name", row);
+    label.textContent = name;
+    label.title = name;  // the whole name on hover, where the column cuts it
     const track = el("span", "cl-bar-track", row);
     el("span", "cl-bar-fill", track).style.width = `${Math.max(0, Math.min(1, prob)) * 100}%`;
     el("span", "cl-bar-prob", row).textContent = `${(prob * 100).toFixed(1)}%`;
@@ -346,9 +348,19 @@ function render({ model, el: root }) {
   el("summary", "", ui.details).textContent = "details";
   ui.traceback = el("pre", "cl-traceback", ui.details);
   let count = 0;
+  // The readout under the canvas describes the point under the cursor: it goes when the cursor leaves and when
+  // new data replaces the picture (else a value of the previous map stays up under the next one).
+  const clearHover = () => {
+    ui.hover.textContent = "";
+    ui.hover.dataset.value = "";
+  };
+  ui.canvas.addEventListener("mouseleave", clearHover);
+  let stale = false;
 
   const draw = () => {
     const kind = model.get("kind");
+    if (stale) clearHover();
+    stale = false;
     ui.title.textContent = model.get("title");
     ui.canvas.hidden = kind === "bars";
     let drawn = null;
@@ -410,12 +422,16 @@ function render({ model, el: root }) {
   events.push("change:points", "change:groups", "change:color_by", "change:atlas", "change:atlas_shape");
   const statusEvents = ["change:status", "change:progress", "change:error", "change:details"];
   events.forEach((e) => model.on(e, schedule));
+  const newData = ["change:image", "change:heat", "change:shape", "change:kind", "change:points", "change:groups"];
+  const markStale = () => { stale = true; };
+  newData.forEach((e) => model.on(e, markStale));
   statusEvents.forEach((e) => model.on(e, showStatus));
   draw();
   showStatus();
   return () => {
     model.off("msg:custom", onMessage);
     events.forEach((e) => model.off(e, schedule));
+    newData.forEach((e) => model.off(e, markStale));
     statusEvents.forEach((e) => model.off(e, showStatus));
   };
 }

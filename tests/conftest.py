@@ -69,7 +69,7 @@ def forwards_in_parts(monkeypatch: pytest.MonkeyPatch, part: int | None) -> list
     from cnnlens.core.session import Session
 
     if part is not None:
-        monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most: min(part, most))
+        monkeypatch.setattr(Session, "batch_in_heap", lambda self, size, most, block=None: min(part, most))
     sizes: list[int] = []
     forward = Session.raw_forward
     monkeypatch.setattr(Session, "raw_forward", lambda self, x: sizes.append(len(x)) or forward(self, x))

@@ -106,6 +106,24 @@ def test_lime_streams_refits_as_samples_accumulate(shapes):
     assert not torch.equal(partials[0].weights, final.weights)
 
 
+def test_lime_in_the_view_weights_the_shape_it_explains(shapes):
+    """The view hides superpixels with gray: with each superpixel's own mean (the function's default, as the
+    reference implementation), the flat-coloured hexagon of the demo's first image is a superpixel that does not
+    change when hidden, and the weight goes to the distractor star instead."""
+    model, data = shapes
+    view = AttributionView(model, data)
+    view.method.value = "lime"
+    hide = view.method_controls["hide"]
+    assert hide.value == "gray" and "mean" in hide.options
+    assert view.wait(60) and view.runner.last_error is None
+    heat = torch.from_numpy(np.frombuffer(view.panel.heat, np.float32).reshape(64, 64).copy()).abs()
+    shape, star = data.masks[0], data.distractor_masks[0]
+    assert data.labels[0] == data.classes.index("hexagon") and star.any()
+    assert heat[shape].mean() > 3 * heat[star].mean()
+    mean_hidden = cl.lime(model, data.images[0], "hexagon", hide="mean", seed=0).map.abs()
+    assert mean_hidden[shape].mean() < mean_hidden[star].mean()  # what the gray default avoids
+
+
 def test_errors_show_in_the_panel_and_keep_the_last_image():
     panel = Panel("heatmap")
     runner = LiveRunner([panel])
@@ -181,6 +199,19 @@ def test_a_label_map_over_1000_classes_lists_only_the_labels_present_in_distinct
     assert len({tuple(color) for _, color in panel.legend}) == 3
     drawn = np.frombuffer(panel.heat, np.float32).reshape(2, 3)
     assert drawn.tolist() == [[0, 0, 2], [1, 0, 2]]  # indices into the legend
+
+
+def test_a_class_keeps_its_colour_in_every_label_map_and_in_the_scatter():
+    names = ["circle", "square", "triangle", "hexagon"]
+    maps, scatter = Panel("labels"), Panel("scatter")
+    maps.show_labels(torch.tensor([[3, 3], [1, 3]]), names)
+    first = dict((name, tuple(color)) for name, color in maps.legend)
+    maps.show_labels(torch.tensor([[3, 0], [2, 3]]), names)  # other classes present: hexagon stays hexagon's
+    second = dict((name, tuple(color)) for name, color in maps.legend)
+    scatter.show_scatter(torch.zeros(1, 2), torch.zeros(3, 1, dtype=torch.long), names)
+    legend = dict((name, tuple(color)) for name, color in scatter.legend)
+    assert first["hexagon"] == second["hexagon"] == legend["hexagon"]
+    assert first["square"] == legend["square"] and second["circle"] == legend["circle"]
 
 
 def test_views_take_a_single_image_in_any_form(shapes):

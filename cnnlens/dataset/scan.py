@@ -435,8 +435,9 @@ def scan(model: torch.nn.Module, data: Any, layers: str | Sequence[str] | None =
     so scans of disjoint parts merge with :meth:`Scan.merge`). Under an initialized ``torch.distributed``
     process group each rank scans its share and every rank returns the merged scan of all of the data (of
     ``indices``, when given). ``batch_size`` images are loaded at a time; on the CPU they go through the model
-    in parts whose largest activation fits one heap block (:meth:`Session.batch_in_heap`: resnet18 at 128 px
-    takes 32 at a time, about 1.15× faster than 64), with the same result. See the module doc."""
+    in parts whose largest activation stays within ``STREAM_BLOCK`` (:meth:`Session.heap_parts`: resnet18 at
+    128 px takes 8 at a time, about 1.3× faster than 64; the default model 32, 1.4×), with the same result.
+    See the module doc."""
     k = positive_int(k, "k")
     batch_size = positive_int(batch_size, "batch_size")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:

@@ -84,7 +84,7 @@ def lime(model: torch.nn.Module, x: Any, target: Any = None, *, samples: int = 3
     samples but the last with the surrogate fitted on the samples drawn so far,
     so a live view can show the explanation sharpen as samples accumulate; the
     final result is the same as without it. On the CPU a batch's forwards run in
-    heap-sized parts (:meth:`Session.heap_parts`; resnet18 at 224 px: 10 images).
+    heap-sized parts (:meth:`Session.heap_parts`; resnet18 at 224 px: 2 images).
     """
     samples = positive_int(samples, "samples")
     features = positive_int(features, "features")

@@ -15,7 +15,7 @@ from .gradcam import gradcam
 from .guided_backprop import guided_backprop
 from .input_x_gradient import input_x_gradient
 from .integrated_gradients import integrated_gradients
-from .lime import lime
+from .lime import HIDE, lime
 from .occlusion import MASK_VALUES, occlusion
 from .saliency import saliency
 from .smoothgrad import smoothgrad
@@ -75,7 +75,12 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
                long_running=True, streams=True,  # a coarse map (stride = mask size) first, then the final one
                controls=(Control("mask_size", "int", 16, 1, 64, 1), Control("stride", "int", 4, 1, 32, 1),
                          Control("mask_value", "choice", "gray", choices=MASK_VALUES))),
+    # the view hides superpixels with gray, not the function's default (each superpixel's own mean colour, as
+    # the reference implementation does): a flat-coloured object is one superpixel whose mean is itself, so
+    # "hiding" it changes nothing and LIME cannot see it (the demo image: the hexagon unweighted, the weight on
+    # the distractor star's mixed superpixel)
     MethodInfo("lime", "LIME", lime, "local linear surrogate on superpixels", signed=True, long_running=True,
                streams=True, seeded=True,
-               controls=(Control("samples", "int", 300, 10, 2000, 10), Control("features", "int", 5, 1, 40, 1))),
+               controls=(Control("samples", "int", 300, 10, 2000, 10), Control("features", "int", 5, 1, 40, 1),
+                         Control("hide", "choice", "gray", choices=HIDE))),
 )}

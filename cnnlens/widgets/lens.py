@@ -65,6 +65,7 @@ class Lens(W.VBox):
             self.views[title] = view_class(model, self.images, self.index, **options.get(title, {}), active=False)
         self.titles = [*list(self.views)[:4], *DATASET, *LAZY, *SYNTHESIS]
         self.tabs = W.Tab(children=[self.views.get(t) or self._placeholders[t] for t in self.titles])
+        self.tabs.add_class("cnnlens-tabs")  # labels at full width (widget.css)
         for i, title in enumerate(self.titles):
             self.tabs.set_title(i, title)
         super().__init__([self.index, self.tabs])

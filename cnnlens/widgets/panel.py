@@ -139,9 +139,11 @@ class Panel(anywidget.AnyWidget):
         self._publish(payload)
 
     def show_labels(self, labels: torch.Tensor, names: list[str], title: str | None = None) -> None:
-        """Draw a categorical map of indices into ``names``; the legend lists the labels present, one colour each."""
+        """Draw a categorical map of indices into ``names``; the legend lists the labels present, each in its
+        class's own colour (the same in every map and in the embedding's scatter, whatever else is present)."""
         present, compact = torch.unique(labels.long(), return_inverse=True)
-        colors = label_colors(len(present)).tolist()
+        palette = label_colors(max(len(names), int(present.max()) + 1 if len(present) else 1))
+        colors = palette[present.clamp(min=0).numpy()].tolist()
         self.legend = [[str(names[i]) if 0 <= i < len(names) else str(i), c] for i, c in zip(present.tolist(), colors)]
         self.show(None, compact.float(), title=title)
 

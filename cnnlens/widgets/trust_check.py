@@ -59,7 +59,7 @@ def plot(report: ExplanationChecks) -> torch.Tensor:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9.6, 2.8), dpi=100)
+    fig = Figure(figsize=(9.6, 3.1), dpi=100)
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.4, 1, 1]})
     if report.sanity is not None:
         report.sanity.plot(axes[0])
@@ -68,7 +68,7 @@ def plot(report: ExplanationChecks) -> torch.Tensor:
     report.deletion.plot(axes[1])
     report.insertion.plot(axes[2])
     for ax in axes:
-        ax.tick_params(labelsize=6)
+        ax.tick_params(labelsize=7)
     fig.tight_layout()
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
