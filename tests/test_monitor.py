@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import cnnlens as cl
 from cnnlens.dataset.monitor import Monitor
-from cnnlens.widgets.monitor_view import MonitorView, number_tile, shown_records
+from cnnlens.widgets.monitor_view import MonitorView, in_field, shown_records
 
 from .conftest import assert_unchanged, random_model, snapshot
 from .test_invariants import MidTraining
@@ -243,7 +243,7 @@ def test_view_controls_and_layout(shapes):
         monitor.step()
     panel = view.unit_panels[1]
     assert panel.shape == [6, 64, 64, 3] and panel.columns == 3  # projections over patches, 3 steps
-    assert view.header.tile_names == ["step 1", "step 3", "step 5"]
+    assert view.header.tile_names == view.header.captions == ["step 1", "step 3", "step 5"]
     assert view.filters.shape == [3, 64, 64, 3]
     sizes = {p.size for p in view.panels}
     assert len(sizes) == 1, "columns must line up across panels"
@@ -262,8 +262,13 @@ def test_helpers():
     assert shown_records(records, 4) == [0, 3, 6, 9]
     assert shown_records(records, 1) == [9]
     assert shown_records(records[:3], 8) == [0, 1, 2]
-    one, seven = number_tile(1), number_tile(7)
-    assert one.shape == seven.shape and not torch.equal(one, seven) and one.min() < 0.5
+    crop = torch.rand(3, 4, 6)  # a field of 8×8 clipped by the image's top-left corner: (−4, 4, −2, 6)
+    placed = in_field(crop, (0, 4, 0, 6), (-4, 4, -2, 6), 0.5)
+    assert placed.shape == (3, 8, 8) and torch.equal(placed[:, 4:, 2:], crop)
+    assert (placed[:, :4] == 0.5).all() and (placed[:, :, :2] == 0.5).all()
+    halved = in_field(crop[:, ::2, ::2], (0, 4, 0, 6), (-4, 4, -2, 6), 0.0)  # a downsampled crop keeps its scale
+    assert halved.shape == (3, 4, 4) and torch.equal(halved[:, 2:, 1:], crop[:, ::2, ::2])
+    assert torch.equal(in_field(crop, (0, 4, 0, 6), (0, 4, 0, 6), 0.5), crop)
     with pytest.raises(TypeError, match="Monitor"):
         MonitorView("not a monitor")
 

@@ -42,6 +42,9 @@ class UnitRecord:
     receptive field in the probe image at the model's input size. ``projection`` (the DeconvNet projection of
     this one activation, scaled by it as :func:`cnnlens.deconvnet` does) and ``patch`` (the image) are C×h×w
     crops to ``box``, downsampled (area) when the box's longer side exceeds the monitor's ``crop_side``.
+    ``field`` is the whole receptive field, which may reach beyond the image (where ``box`` is clipped; the
+    image's full side where the field is larger): a view places the crop in it, so every tile of a unit shows
+    its part at one scale.
     """
 
     unit: str
@@ -52,6 +55,7 @@ class UnitRecord:
     box: Box
     projection: torch.Tensor
     patch: torch.Tensor
+    field: Box | None = None
 
 
 @dataclass
@@ -219,11 +223,23 @@ def _record(monitor: Monitor, progress: ProgressFn | None, cancel: CancelToken |
             y0, y1, x0, x1 = info.receptive_field(y, x, monitor.size)
             found.append(UnitRecord(unit.description, value, index, y, x, (y0, y1, x0, x1),
                                     _kept(projection[:, y0:y1, x0:x1], monitor.crop_side),
-                                    _kept(probe[index, :, y0:y1, x0:x1], monitor.crop_side)))
+                                    _kept(probe[index, :, y0:y1, x0:x1], monitor.crop_side),
+                                    _whole_field(info, y, x, monitor.size)))
         filters = None
         if monitor.filters_layer is not None:
             filters = s.module(monitor.filters_layer).weight.detach().to("cpu", torch.float32, copy=True)
     return Record(monitor.calls, found, filters, monitor.filters_layer, time.perf_counter() - start)
+
+
+def _whole_field(info: Any, y: int, x: int, size: tuple[int, int]) -> Box:
+    """Unit (y, x)'s receptive field, unclipped (the image's side along an axis the field covers entirely)."""
+    if info.rf_stride is None:
+        return 0, size[0], 0, size[1]
+    sides = []
+    for start, length in ((info.rf_start[0] + y * info.rf_stride, size[0]),
+                          (info.rf_start[1] + x * info.rf_stride, size[1])):
+        sides += [0, length] if info.rf_size >= length else [start, start + info.rf_size]
+    return tuple(sides)
 
 
 def _kept(crop: torch.Tensor, side: int | None) -> torch.Tensor:

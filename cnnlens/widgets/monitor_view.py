@@ -16,7 +16,8 @@ import ipywidgets as W
 import torch
 import torch.nn.functional as F
 
-from ..dataset.monitor import Monitor, Record
+from ..core.display import GRAY
+from ..dataset.monitor import Box, Monitor, Record
 from .base import close_widgets, close_with_front_end
 from .deconv_view import projection_image
 from .panel import Panel
@@ -24,34 +25,27 @@ from .panel import Panel
 TILE = 64  # tile side in data pixels
 ZOOM = 1.25  # display pixels per data pixel, the same in every panel so the columns line up
 SHOWS = (("projection and patch", "both"), ("projection", "projection"), ("patch", "patch"))
-# 3×5 pixel digits for the step labels (the grid panel draws pixels, not text)
-DIGITS = ("111101101101111", "010110010010111", "111001111100111", "111001111001111", "101101111001001",
-          "111100111001111", "111100111101111", "111001001001001", "111101111101111", "111101111001111")
-
-
-def number_tile(value: int, width: int = TILE, scale: int = 2) -> torch.Tensor:
-    """``value`` drawn in dark pixels on white: a 3×(5·scale + 4)×``width`` tile."""
-    text = str(value)
-    h = 5 * scale + 4
-    tile = torch.ones(3, h, width)
-    x = max((width - (len(text) * 4 - 1) * scale) // 2, 0)
-    for char in text:
-        glyph = torch.tensor([int(b) for b in DIGITS[int(char)]], dtype=torch.float32).view(5, 3)
-        glyph = glyph.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-        gh, gw = glyph.shape
-        gw = min(gw, width - x)
-        if gw <= 0:
-            break
-        tile[:, 2:2 + gh, x:x + gw] = 1 - 0.85 * glyph[:, :gw]
-        x += 4 * scale
-    return tile
-
-
 def rgb(image: torch.Tensor) -> torch.Tensor:
     """A C×H×W image as 3 channels (gray repeated; the mean of other channel counts)."""
     if image.shape[0] == 3:
         return image
     return (image if image.shape[0] == 1 else image.mean(0, keepdim=True)).expand(3, -1, -1)
+
+
+def in_field(crop: torch.Tensor, box: Box, field: Box | None, fill: float) -> torch.Tensor:
+    """A record's ``crop`` (of ``box``, maybe downsampled) placed in its unit's whole receptive ``field`` at
+    the crop's scale, ``fill`` where the field leaves the image: a unit's tiles all show one scale instead of
+    border crops stretched to the tile."""
+    if field is None or tuple(field) == tuple(box):
+        return crop
+    h, w = crop.shape[-2:]
+    sy, sx = h / max(box[1] - box[0], 1), w / max(box[3] - box[2], 1)
+    tile = torch.full((crop.shape[0], max(round((field[1] - field[0]) * sy), h),
+                       max(round((field[3] - field[2]) * sx), w)), fill, dtype=crop.dtype)
+    y = min(round((box[0] - field[0]) * sy), tile.shape[1] - h)
+    x = min(round((box[2] - field[2]) * sx), tile.shape[2] - w)
+    tile[:, y:y + h, x:x + w] = crop
+    return tile
 
 
 def fit_tile(image: torch.Tensor, side: int = TILE) -> torch.Tensor:
@@ -168,15 +162,18 @@ class MonitorView(W.VBox):
         if not records:
             return
         n = len(records)
-        labels = torch.stack([number_tile(r.step) for r in records])
-        draw(self.header, labels, n, [f"step {r.step}" for r in records], "step")
+        steps = [f"step {r.step}" for r in records]
+        with self.header.hold_sync():  # a thin strip per column, its step as text under it
+            self.header.captions = steps
+            draw(self.header, torch.ones(n, 3, 2, TILE), n, steps, "")
         rows = ("projection", "patch") if self.show.value == "both" else (self.show.value,)
         for k, panel in enumerate(self.unit_panels):
             tiles, names = [], []
             for row in rows:
                 for r in records:
                     u = r.units[k]
-                    image = projection_image(u.projection) if row == "projection" else u.patch
+                    image = projection_image(in_field(u.projection, u.box, u.field, 0.0)) if row == "projection" \
+                        else in_field(u.patch, u.box, u.field, GRAY)
                     tiles.append(fit_tile(image))
                     names.append(f"step {r.step} · {u.unit} {row} · activation {u.activation:.3g} · probe image "
                                  f"{u.image} at ({u.y}, {u.x})")

@@ -17,6 +17,7 @@ import ipywidgets as W
 import torch
 import torch.nn.functional as F
 
+from ..core.display import GRAY
 from ..core.model import LayerInfo
 from ..core.objectives import Custom
 from ..core.progress import Cancelled, CancelToken, ProgressFn
@@ -28,7 +29,6 @@ from .panel import Panel
 
 TILE = 96  # longest tile side sent to the browser, in pixels
 ROW_TILE = 72  # displayed side of a class image, in pixels
-GRAY = 0.5  # outside the image: no pixels (and, in a projection, no signal)
 THREAD_NAME = "cnnlens-scan"
 
 

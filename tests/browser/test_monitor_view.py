@@ -70,8 +70,10 @@ def test_timeline_grows_live_controls_redraw_and_errors_show(open_notebook):
                            ".some(o => o.textContent.includes('trained 5'))", timeout=120_000)
     notebook.wait_idle()
     assert columns(header) == columns(unit) == columns(filters) == 5
-    for i in range(5):
+    for i in range(1, 5):
         assert panels.nth(i).evaluate(SPREAD) > 4, i  # not blank, not flat
+    steps = header.locator(".cl-caption").all_text_contents()  # the step of each column, as text
+    assert len(steps) == 5 and steps[0] == "step 0" and all(s.startswith("step ") for s in steps)
     assert "stage3:12" in panels.nth(2).locator(".cl-title").text_content()
     page.set_viewport_size({"width": 1500, "height": 1700})  # the whole view in one screenshot
     notebook.screenshot("monitor_view", page.locator(".jp-OutputArea-output:has(.cnnlens-panel)").first)
