@@ -190,9 +190,12 @@ def main() -> None:
         lines.append(f"| {label} | {raw:.2f} | {scanned / raw:.2f} | {with_stats / raw:.2f} | {part} images | "
                      f"{in_parts:.2f} | {scanned / in_parts:.2f} | {layers} |")
     lines += ["", "Target: scan ÷ raw ≤ 1.15, against the plain loop over batches of 64. On the CPU the scan runs each "
-              "batch through the model in parts whose largest activation fits one heap block (32 MiB; resnet18 at "
-              "128 px: 32 images), as cnnlens' other batched methods do: a larger activation is mmapped afresh "
-              "and page-faulted in on every forward. The last ratio is the bookkeeping's own cost, against raw "
+              "batch through the model in parts whose largest activation stays within 8 MiB "
+              "(`STREAM_BLOCK`; resnet18 at 128 px: 8 images, the default model 32), as every pass over a dataset "
+              "does: glibc returns a freed heap top beyond its trim threshold to the system, and a part whose "
+              "live activations pass it is faulted in afresh on every forward (the plain loop at 64 images runs "
+              "either way from one process to the next: the default model's raw column is 0.36 or 0.49 s). "
+              "The last ratio is the bookkeeping's own cost, against raw "
               "forwards in those same parts. The first batches cost most: a unit's list is still filling, so about "
               "2k of the first B images of every unit enter (and need their positions), k of the next B, and so "
               "on; longer scans approach the steady-state cost.", "",

@@ -369,6 +369,8 @@ function render({ model, el: root }) {
     } catch (error) {
       ui.error.textContent = `display error: ${error}`;
     }
+    // a panel that never had a picture (its first job failed, or none ran yet) shows no empty frame
+    ui.canvas.hidden = kind === "bars" || (!drawn && count === 0);
     if (drawn) {
       count += 1;
       root.dataset.computeMs = String(model.get("compute_ms"));

@@ -162,7 +162,16 @@ class Notebook:
     def screenshot(self, name: str, locator=None) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"
-        (locator or self.page).screenshot(path=str(path))
+        size = self.page.viewport_size
+        box = locator.bounding_box() if locator is not None else None
+        tall = box is not None and box["height"] + 250 > size["height"]
+        if tall:  # the notebook clips an output taller than the window: grow the window for the picture
+            self.page.set_viewport_size({"width": size["width"], "height": int(box["height"]) + 250})
+        try:
+            (locator or self.page).screenshot(path=str(path))
+        finally:
+            if tall:
+                self.page.set_viewport_size(size)
         return path
 
 

@@ -104,6 +104,10 @@ def test_attribution_controls_change_the_drawing(demo: Notebook):
     panel = visible_panels(page).first
     for label in ("Gradient saliency", "Occlusion", "LIME"):
         before_pixels, before = panel.evaluate(CANVAS), render_count(panel)
+        panel.locator("canvas.cl-canvas").hover()  # the readout shows the value under the cursor...
+        assert panel.locator(".cl-hover").text_content().startswith("(")
+        page.mouse.move(2, 2)
+        assert panel.locator(".cl-hover").text_content() == ""  # ...and goes with the cursor
         choose(page, "method", label)
         wait_redraw(page, panel, before, before_pixels)
         page.wait_for_function("([el, t]) => el.querySelector('.cl-title').textContent.startsWith(t)",

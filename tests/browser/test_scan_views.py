@@ -104,4 +104,5 @@ def test_scan_errors_show_inside_the_views(open_notebook):
                            ".slice(2).some(p => p.dataset.status === 'error')", timeout=60_000)
     failed = visible_panels(page).nth(2)
     assert "The dataset scan failed" in failed.locator(".cl-error").text_content()
+    assert failed.locator("canvas.cl-canvas").is_hidden()  # never had a picture: no empty frame above the error
     notebook.screenshot("scan_views_scan_failed", page.locator(".jp-OutputArea-output:has(.cnnlens-panel)").last)
