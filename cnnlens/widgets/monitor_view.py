@@ -1,7 +1,8 @@
 """Training monitor view: Zeiler & Fergus' Fig. 4 as a timeline that grows while the model trains.
 
-Columns are recorded steps (labelled by a row of step numbers); each unit has one panel with two rows, the
-DeconvNet projection of its strongest activation over the probe set and the image patch that caused it; the
+Columns are recorded steps (labelled "step N" in text above them); each unit has one panel with two rows, the
+DeconvNet projection of its strongest activation over the probe set and the image patch that caused it, each
+placed in the unit's whole receptive field (gray where the field leaves the image, so all tiles share a scale); the
 last panel shows the first convolution's filters at each step. ``Monitor.step()`` redraws the view itself,
 on the training loop's thread: widget messages sent while a cell runs reach the browser at once, so the
 timeline grows during the training cell. The controls (columns, rows) answer when the kernel is idle.
