@@ -41,7 +41,10 @@ def render_gallery(out: Path, images: int = 4, log: Callable[[str], None] = prin
         cells = [("input", _save(to_uint8(image), out / f"img{i}_input.png"), f"label: {data.classes[label]}")]
         for name, info in METHODS.items():
             log(f"image {i}: {name}")
-            options = {"seed": 0} if name in ("lime", "smoothgrad") else {}
+            # each method with its view's control defaults (LIME hides superpixels with gray there: see the
+            # registry), so the gallery draws what the Lens shows first
+            options = {control.name: control.default for control in info.controls}
+            options.update({"seed": 0} if info.seeded else {})
             target = _strongest_unit(model, image) if name == "deconvnet" else None
             result = info.function(model, image, target, **options)
             top = result.predictions[0] if result.predictions else None  # a feature-map target stops early
