@@ -333,7 +333,7 @@ def test_view_marks_the_findings_and_follows_its_controls(shapes):
     view = FilterHealthView(sick, shapes[1])
     try:
         assert view.wait(60) and not view.grid.error
-        assert view.grid.title == "stage1.conv1 · 16 filters · 2 dead · pairs: 1 duplicates, 2 rotated, 1 opposite"
+        assert view.grid.title == "stage1.conv1 · 16 filters · 2 dead · pairs: duplicate 1, rotated 2, opposite 1"
         assert view.grid.shape == [16, 57, 45, 3]
         tiles = torch.frombuffer(bytearray(view.grid.heat), dtype=torch.float32).view(16, 3, 57, 45)
         assert torch.allclose(tiles[2, :, 0, 0], torch.tensor([1.0, 0.45, 0.0]), atol=0.01)  # duplicate: orange

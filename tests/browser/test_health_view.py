@@ -50,9 +50,9 @@ def frame(panel, unit: int) -> list[int]:
 
 
 def counts(panel) -> dict[str, int]:
-    """The pair counts in the panel's title ("… pairs: 1 duplicates, 2 rotated, 1 opposite")."""
+    """The pair counts in the panel's title ("… pairs: duplicate 1, rotated 2, opposite 1")."""
     listed = panel.locator(".cl-title").text_content().split("pairs: ")[1]
-    return {kind: int(n) for n, kind in (part.split(" ") for part in listed.split(", "))}
+    return {kind: int(n) for kind, n in (part.split(" ") for part in listed.split(", "))}
 
 
 def changed(page, panel, act) -> None:
@@ -67,7 +67,7 @@ def test_planted_faults_are_framed_and_named(health: Notebook):
     panel = visible_panels(page).first
     settled(page, panel)
     assert panel.locator(".cl-title").text_content() == (
-        "stage1.conv1 · 16 filters · 2 dead · pairs: 1 duplicates, 2 rotated, 1 opposite")
+        "stage1.conv1 · 16 filters · 2 dead · pairs: duplicate 1, rotated 2, opposite 1")
     assert panel.evaluate("el => [el.querySelector('canvas.cl-canvas').width, "
                           "el.querySelector('canvas.cl-canvas').height]") == [4 * TILE_W, 4 * TILE_H]
     orange, green, purple, dark, white = [255, 115, 0], [0, 168, 77], [191, 0, 230], [31, 31, 31], [255, 255, 255]
@@ -101,7 +101,7 @@ def test_every_control_changes_the_pixels(health: Notebook):
     changed(page, panel, lambda: set_slider(page, "opposite ≤ −", 0.5))
     assert counts(panel)["opposite"] > 1
     changed(page, panel, lambda: set_slider(page, "duplicate ≥", 1.0))  # the planted pair's cosine is 0.999
-    assert counts(panel)["duplicates"] == 0
+    assert counts(panel)["duplicate"] == 0
     changed(page, panel, lambda: choose(page, "layer", "stage4.conv1"))
     assert panel.locator(".cl-title").text_content().startswith("stage4.conv1 · 128 filters · 0 dead")
     health.screenshot("filter_health_stage4", page.locator(".jp-OutputArea-output").last)
