@@ -937,6 +937,8 @@ def test_inversion_view_reconstructs_across_depth_with_errors(shapes, monkeypatc
     assert any(" · step 20/40" in t for t in titles)  # streamed while converging
     assert view.panel.title == "stage1 · stage2 · stage3 · stage4 (shallow → deep) · 40 steps"
     assert view.panel.shape == [64, 4 * 64 + 3 * 2]
+    scale = view.input_panel.size / 64  # every reconstruction drawn at the input's scale
+    assert view.panel.size == round(scale * (4 * 64 + 3 * 2))
     errors = view.result.history[-1].tolist()
     assert [name for name, _ in view.errors.bars] == list(layers)
     assert [e for _, e in view.errors.bars] == pytest.approx(errors)
@@ -952,6 +954,7 @@ def test_inversion_view_reconstructs_across_depth_with_errors(shapes, monkeypatc
     assert view.panel.status == "error" and "at least one layer" in view.panel.error
     view.layers.value = ("stage1",)
     assert view.wait(60) and view.panel.status == "idle" and view.panel.shape == [64, 64]
+    assert view.panel.size == view.input_panel.size
     assert view.filename() == "inversion_stage1.png"
     view.close()
 

@@ -25,6 +25,8 @@ def default_layers(names: list[str]) -> list[str]:
     return [top[i] for i in picks]
 
 
+SIDE = 160  # display pixels per image side: the input and every reconstruction
+
 class InversionView(SynthesisView):
     """The layers to reconstruct from (one batched :func:`cnnlens.invert` call) and steps → the reconstructions
     side by side, shallow to deep, streamed while they converge, and their normalized reconstruction errors.
@@ -50,8 +52,8 @@ class InversionView(SynthesisView):
                                        tooltip="ctrl/shift-click to choose several")
         self.steps = W.IntSlider(value=steps or STEPS, min=1, max=max(2000, steps or 0), description="steps",
                                  continuous_update=False)
-        self.input_panel = Panel("image", "input", size=160)
-        self.panel = Panel("image", "reconstructions", size=480)
+        self.input_panel = Panel("image", "input", size=SIDE)
+        self.panel = Panel("image", "reconstructions", size=3 * SIDE)
         self.errors = Panel("bars", "reconstruction error ‖Φ(x) − Φ₀‖² / ‖Φ₀‖²")
         self.save = save_button(self, lambda: self.panel)
         self.result = None
@@ -81,7 +83,10 @@ class InversionView(SynthesisView):
             where = {"running": f"step {done}/{steps}", "done": f"{steps} steps",
                      "stopped": f"stopped at step {done}/{steps}"}[state]
             self.result = result
-            self.panel.show(tile_row(result.images), title=f"{' · '.join(layers)} (shallow → deep) · {where}")
+            row = tile_row(result.images)
+            with self.panel.hold_sync():  # each reconstruction at the input's scale, however many layers
+                self.panel.size = round(SIDE * row.shape[-1] / result.images.shape[-1])
+                self.panel.show(row, title=f"{' · '.join(layers)} (shallow → deep) · {where}")
             self.errors.show_bars([(name, float(e)) for name, e in zip(layers, errors)],
                                   title=f"reconstruction error per layer · {where}")
             self.save.disabled = False
