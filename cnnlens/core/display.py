@@ -13,6 +13,7 @@ COLORMAPS = ("magma", "viridis", "gray", "jet", "RdBu_r")  # the front end's col
 
 GRAY = 0.5  # a receptive field's part outside the image, in tiles: no pixels (and, in a projection, no signal)
 
+
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """C×H×W float in [0, 1] → H×W×3 uint8 (gray repeated)."""
     array = image.detach().float().cpu().clamp(0, 1)

@@ -144,6 +144,18 @@ class LayerInfo:
         """True when the output has a spatial grid laid out C×H×W (H·W > 1); channels-last outputs are not."""
         return len(self.shape) == 3 and self.shape[1] * self.shape[2] > 1 and self.rf_stride is not None
 
+    def whole_field(self, y: int, x: int, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """The box ``(y0, y1, x0, x1)`` of unit (y, x)'s whole receptive field, not clipped (it may reach beyond
+        the image), except along an axis the field covers entirely: there the image's side. A tile of this box
+        shows every unit of a layer at one scale."""
+        h, w = image_size
+        if self.rf_stride is None:
+            return 0, h, 0, w
+        box = []
+        for start, length in ((self.rf_start[0] + y * self.rf_stride, h), (self.rf_start[1] + x * self.rf_stride, w)):
+            box += [0, length] if self.rf_size >= length else [start, start + self.rf_size]
+        return tuple(box)
+
     def receptive_field(self, y: int, x: int, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
         """The input box ``(y0, y1, x0, x1)`` (end-exclusive, clipped to the image) that unit (y, x) sees."""
         h, w = image_size

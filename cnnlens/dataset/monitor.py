@@ -224,22 +224,11 @@ def _record(monitor: Monitor, progress: ProgressFn | None, cancel: CancelToken |
             found.append(UnitRecord(unit.description, value, index, y, x, (y0, y1, x0, x1),
                                     _kept(projection[:, y0:y1, x0:x1], monitor.crop_side),
                                     _kept(probe[index, :, y0:y1, x0:x1], monitor.crop_side),
-                                    _whole_field(info, y, x, monitor.size)))
+                                    info.whole_field(y, x, monitor.size)))
         filters = None
         if monitor.filters_layer is not None:
             filters = s.module(monitor.filters_layer).weight.detach().to("cpu", torch.float32, copy=True)
     return Record(monitor.calls, found, filters, monitor.filters_layer, time.perf_counter() - start)
-
-
-def _whole_field(info: Any, y: int, x: int, size: tuple[int, int]) -> Box:
-    """Unit (y, x)'s receptive field, unclipped (the image's side along an axis the field covers entirely)."""
-    if info.rf_stride is None:
-        return 0, size[0], 0, size[1]
-    sides = []
-    for start, length in ((info.rf_start[0] + y * info.rf_stride, size[0]),
-                          (info.rf_start[1] + x * info.rf_stride, size[1])):
-        sides += [0, length] if info.rf_size >= length else [start, start + info.rf_size]
-    return tuple(sides)
 
 
 def _kept(crop: torch.Tensor, side: int | None) -> torch.Tensor:

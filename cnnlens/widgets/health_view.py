@@ -227,9 +227,8 @@ class FilterHealthView(View):
             report, activity, (images, names) = outcome
             self.report, self._activity, self._names = report, activity, names
             dead = sum(1 for name, _ in report.dead if name == layer)
-            pairs = ", ".join(f"{label} {sum(1 for p in getattr(report, kind) if p.a[0] == layer)}"
-                              for kind, label in (("duplicates", "duplicate"), ("rotated", "rotated"),
-                                                  ("opposite", "opposite")))
+            pairs = ", ".join(f"{kind.removesuffix('s')} {sum(1 for p in getattr(report, kind) if p.a[0] == layer)}"
+                              for kind in ("duplicates", "rotated", "opposite"))
             self.grid.tile_names = names
             self.grid.size = grid_size(images)
             self.grid.show_grid(images, title=f"{layer} · {report.units[layer]} filters · {dead} dead · "

@@ -27,6 +27,7 @@ def default_layers(names: list[str]) -> list[str]:
 
 SIDE = 160  # display pixels per image side: the input and every reconstruction
 
+
 class InversionView(SynthesisView):
     """The layers to reconstruct from (one batched :func:`cnnlens.invert` call) and steps → the reconstructions
     side by side, shallow to deep, streamed while they converge, and their normalized reconstruction errors.

@@ -186,11 +186,6 @@ class SharedScan:
 # --- tiles --------------------------------------------------------------------------------------
 
 
-def _span(start: int, size: int, length: int) -> tuple[int, int]:
-    """(origin, side) of a window along one axis: the field itself, or the whole axis when the field is larger."""
-    return (0, length) if size >= length else (start, size)
-
-
 def field_window(image: torch.Tensor, info: LayerInfo, y: int, x: int, fill: float = GRAY) -> torch.Tensor:
     """The receptive field of ``info``'s unit (y, x) cut from a C×H×W ``image``: the field's full size, the
     unit's centre at the tile's centre, ``fill`` where the field leaves the image (the whole image when the
@@ -198,10 +193,9 @@ def field_window(image: torch.Tensor, info: LayerInfo, y: int, x: int, fill: flo
     h, w = image.shape[-2:]
     if info.rf_stride is None:
         return image
-    oy, sh = _span(info.rf_start[0] + y * info.rf_stride, info.rf_size, h)
-    ox, sw = _span(info.rf_start[1] + x * info.rf_stride, info.rf_size, w)
-    tile = torch.full((image.shape[0], sh, sw), fill, dtype=image.dtype)
-    y0, y1, x0, x1 = max(oy, 0), min(oy + sh, h), max(ox, 0), min(ox + sw, w)
+    oy, ey, ox, ex = info.whole_field(y, x, (h, w))
+    tile = torch.full((image.shape[0], ey - oy, ex - ox), fill, dtype=image.dtype)
+    y0, y1, x0, x1 = max(oy, 0), min(ey, h), max(ox, 0), min(ex, w)
     if y1 > y0 and x1 > x0:
         tile[:, y0 - oy:y1 - oy, x0 - ox:x1 - ox] = image[:, y0:y1, x0:x1]
     return tile
