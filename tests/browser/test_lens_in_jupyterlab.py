@@ -119,6 +119,12 @@ def test_attribution_controls_change_the_drawing(demo: Notebook):
     wait_redraw(page, panel, before, before_pixels)
     assert panel.evaluate(CANVAS) != before_pixels
     demo.screenshot("attribution_lime", page.locator(".widget-tab:visible").first)
+    before_pixels, before = panel.evaluate(CANVAS), render_count(panel)
+    choose(page, "hide", "mean")  # what hides a superpixel: another surrogate, another superpixel painted
+    wait_redraw(page, panel, before, before_pixels)
+    assert panel.evaluate(CANVAS) != before_pixels
+    choose(page, "hide", "gray")  # back to the view's default for the steps below
+    wait_redraw(page, panel, render_count(panel), panel.evaluate(CANVAS))
     for method, slider, value in (("SmoothGrad", "noise", 0.35), ("Integrated Gradients", "steps", 6)):
         before = render_count(panel)
         choose(page, "method", method)
