@@ -20,7 +20,9 @@ beyond float64's resolution near 1, and ``drop_map`` = log p(clean) − log
 p(occluded) (≥ 0 where hiding hurts the class) is what the views display.
 
 Memory is bounded by ``batch_size`` × H × W whatever the number of
-positions: windows are built per batch and maps accumulated as sums.
+positions: windows are built per batch, and the maps are made from the
+per-position grid by separable sums (a window is a row band times a column
+band).
 ``partial`` receives a coarse map (stride = mask size) before the final one.
 
 ``mean_map`` is the attribution convention of captum's ``Occlusion``: per
@@ -34,6 +36,7 @@ The per-position grids are in ``raw`` (target), ``unit_grid`` and ``label_grid``
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import weakref
@@ -111,6 +114,13 @@ def _windows(starts: torch.Tensor, mask_size: int, size: tuple[int, int]) -> tor
     in_y = (rows[None] >= starts[:, :1]) & (rows[None] < starts[:, :1] + mask_size)
     in_x = (cols[None] >= starts[:, 1:]) & (cols[None] < starts[:, 1:] + mask_size)
     return in_y[:, :, None] & in_x[:, None, :]
+
+
+def _covers(starts: list[int], mask_size: int, length: int, device: torch.device) -> torch.Tensor:
+    """length×n: 1.0 where the mask started at each of ``starts`` covers the pixel along this side."""
+    pixels = torch.arange(length, device=device)[:, None]
+    first = torch.tensor(starts, device=device)[None]
+    return ((pixels >= first) & (pixels < first + mask_size)).double()
 
 
 def _checked(mask_size: int | None, stride: int | None, mask_value: Any, size: tuple[int, int]) -> tuple[int, int]:
@@ -357,7 +367,8 @@ class _Run:
         starts = torch.tensor(places, device=self.images.device)
         new = {key: [] for key in ("target", "unit", "log", "label")}
         for chunk in starts.split(self.chunk):
-            windows = _windows(chunk, self.mask_size, size)
+            # the chunk's masks, built once and only for a plain forward (the engine reads the crops)
+            windows = functools.cache(functools.partial(_windows, chunk, self.mask_size, size))
             parts = {key: [] for key in new}
             for i, image in enumerate(self.images):
                 out, unit_total = self._forward(i, chunk, windows, image, self._fill_of(i))
@@ -367,7 +378,7 @@ class _Run:
                 parts["unit"].append(unit_total)
                 parts["log"].append(_log_values(per_image, ctx) if has_log else torch.zeros_like(parts["unit"][-1]))
                 parts["label"].append(out.argmax(1))
-                self.steps.advance(len(windows))
+                self.steps.advance(len(chunk))
             for key in new:
                 new[key].append(torch.stack(parts[key]))
         offset = self.values["target"].shape[1]
@@ -459,7 +470,7 @@ class _Run:
         return {"target": self.clean.view(-1, 1).double().to(change.device) + change,
                 "log": torch.zeros_like(change), "unit": torch.zeros_like(change)}
 
-    def _forward(self, i: int, chunk: torch.Tensor, windows: torch.Tensor, image: torch.Tensor,
+    def _forward(self, i: int, chunk: torch.Tensor, windows: Callable[[], torch.Tensor], image: torch.Tensor,
                  fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, unit totals) of image ``i`` occluded at the ``chunk`` positions: incremental when the
         engine applies. Its first batch is also run in full on a few positions, once per model and setting,
@@ -469,19 +480,19 @@ class _Run:
         run in full, timed; if not, the rest runs in full."""
         found = self._incremental(i, chunk, image)
         if found is None:
-            return self._full(i, windows, image, fill)
+            return self._full(i, windows(), image, fill)
         if self.checked or self.tau is not None:  # an approximation is not checked against the exact forward
             return found
         self.checked = True
         n = min(len(chunk), _CHECKED)
-        out = self.s.logits(torch.where(windows[:n, None], fill[None], image[None]))
+        out = self.s.logits(torch.where(windows()[:n, None], fill[None], image[None]))
         agree = torch.allclose(found[0][:n], out, rtol=1e-3, atol=1e-4 * max(1.0, float(out.abs().max())))
         done, full = self.engines[i].work
         keep = agree and (self.forced or full >= _WORTH * done)
         plain = None
         if agree and not keep and full >= _TIMED_FROM * done:  # in between, work does not tell: time the batch
             start = time.perf_counter()
-            plain = self._full(i, windows, image, fill)
+            plain = self._full(i, windows(), image, fill)
             keep = time.perf_counter() - start >= _FASTER * self.engine_seconds
         if not self.forced:
             _DECISIONS.setdefault(self.s._shared, {})[self.decision_key] = keep
@@ -489,7 +500,7 @@ class _Run:
             return found
         self.make_engine, self.engines = None, {}
         self.inference = "full" if agree else "full (the incremental engine disagreed)"
-        return plain if plain is not None else self._full(i, windows, image, fill)  # (plain: already run in full)
+        return plain if plain is not None else self._full(i, windows(), image, fill)  # (plain: already run in full)
 
     def _full(self, i: int, windows: torch.Tensor, image: torch.Tensor, fill: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -657,15 +668,12 @@ class _Run:
         places = [(y, x) for y in ys for x in xs]
         b = len(self.images)
         grids, labels = self._drilled(ys, xs) if self.refine is not None else self._computed(places)
-        sums = torch.zeros(b, h, w, dtype=torch.float64, device=device)
-        counts = torch.zeros(h, w, dtype=torch.float64, device=device)
-        starts = torch.tensor(places, device=device)
-        for start in range(0, len(places), self.batch_size):  # the window-mean map, in bounded memory
-            windows = _windows(starts[start:start + self.batch_size], self.mask_size, size).double()
-            counts += windows.sum(0)
-            sums += torch.einsum("bk,khw->bhw", grids["target"][:, start:start + self.batch_size], windows)
-        has_log = isinstance(self.objective, Prob)
+        in_y, in_x = _covers(ys, self.mask_size, h, device), _covers(xs, self.mask_size, w, device)
         shape = (b, len(ys), len(xs))
+        # the window-mean map: a window is a row band times a column band, so the sums over windows separate
+        sums = torch.einsum("hy,byx,wx->bhw", in_y, grids["target"].view(shape).double(), in_x)
+        counts = in_y.sum(1)[:, None] * in_x.sum(1)[None, :]
+        has_log = isinstance(self.objective, Prob)
         wy, wx = between_centres(ys, self.mask_size, h, device), between_centres(xs, self.mask_size, w, device)
 
         def at_position(grid: torch.Tensor) -> torch.Tensor:
