@@ -341,3 +341,33 @@ def test_a_container_and_its_last_layer_share_one_reduction_and_agree(shapes):
         for unit in range(alone.units(name)):
             assert everything.top(name, unit) == alone.top(name, unit)
             assert everything.bottom(name, unit) == alone.bottom(name, unit)
+
+
+class _SharedActivation(torch.nn.Module):
+    """One ReLU module after every convolution, as many models are written: its calls differ in width and grid."""
+
+    def __init__(self, second_channels: int):
+        super().__init__()
+        self.relu = torch.nn.ReLU()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, second_channels, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(second_channels, 5)
+
+    def forward(self, x):
+        x = self.relu(self.conv1(x))
+        x = self.relu(self.conv2(x))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("second_channels", [16, 8])
+def test_a_shared_activation_of_other_widths_and_grids_is_its_last_call(second_channels):
+    """The ReLU's output is its last call's (16×16 maps after the strided conv): with another width the first
+    batch used to raise, with the same width the positions were decoded on the first call's 32-wide grid."""
+    torch.manual_seed(0)
+    model = _SharedActivation(second_channels).eval()
+    images = torch.rand(20, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    scan = cl.scan(model, images, ["relu", "conv2"], k=3, batch_size=8)
+    assert scan.grid("relu") == (16, 16) and scan.units("relu") == second_channels
+    with torch.no_grad():
+        conv2 = model.conv2(torch.relu(model.conv1(images)))
+    _assert_unit_lists(scan, {"relu": torch.relu(conv2).flatten(2).max(2), "conv2": conv2.flatten(2).max(2)}, 3)

@@ -572,7 +572,8 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
             forward["outputs"][id(output)] = (weakref.ref(output), output._version, name)
         flat = output.detach().flatten(2) if output.dim() > 2 else output.detach()[:, :, None]
         batch, units, size = flat.shape
-        if name not in states:
+        # a reused module is its last call, whatever the width and grid of its earlier ones (the first batch sees all)
+        if name not in states or (lists is None and call > 1):
             grid = tuple(output.shape[-2:]) if output.dim() == 4 else (1, 1)
             states[name] = _new_state(grid, units, k, statistics)
         elif states[name].top.values.shape[0] != units:
