@@ -54,3 +54,21 @@ def test_show_displays_in_a_plain_script():
                          env={"MPLBACKEND": "Agg", "PATH": ""})
     assert out.returncode == 0, out.stderr
     assert "figures [1]" in out.stdout
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_a_model_in_another_dtype_gets_synthesis_dreams_and_lime(dtype):
+    """Feature visualization fed its float32 image to a float64 or bfloat16 model (a dtype error); DeepDream's
+    antialiased resize and LIME's NumPy fit had no bfloat16 path. The network now receives its own dtype."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 5)).eval().to(dtype)
+    cl.configure(model, input_size=32)
+    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    synthesis = cl.visualize(model, cl.channel("2", 1), steps=4, seed=0)
+    assert synthesis.images.dtype == torch.float32 and torch.isfinite(synthesis.images).all()
+    assert synthesis.history[-1, 0].item() > synthesis.history[0, 0].item()  # the gradient reached the image
+    dream = cl.deepdream(model, x, "2", steps=2, octaves=2)
+    assert torch.isfinite(dream.images.float()).all()
+    assert torch.isfinite(cl.lime(model, x, 1, samples=16, seed=0).map).all()

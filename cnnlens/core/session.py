@@ -132,10 +132,13 @@ class Session:
         return batch
 
     def net_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What the network itself receives for [0, 1] images ``x``: normalized when the spec says so, and a new
-        tensor either way, so that a forward that changes its input in place (``x -= 0.5``, ``x.sub_(mean)``)
-        changes neither the images a method goes on using nor a gradient method's leaf."""
-        return (x - self._norm[0]) / self._norm[1] if self._norm is not None else x.clone()
+        """What the network itself receives for [0, 1] images ``x``: in the model's dtype (a synthesized image is
+        float32 whatever the model), normalized when the spec says so, and a new tensor either way, so that a
+        forward that changes its input in place (``x -= 0.5``, ``x.sub_(mean)``) changes neither the images a
+        method goes on using nor a gradient method's leaf."""
+        if self._norm is not None:
+            return (x.to(self.dtype) - self._norm[0]) / self._norm[1]
+        return x.to(self.dtype, copy=True)
 
     def raw_forward(self, x: torch.Tensor) -> Any:
         """The network's own output for [0, 1] images ``x`` (normalized first when the spec says so)."""

@@ -156,10 +156,15 @@ class _Fit(NamedTuple):
     summary: dict
 
 
+def _numpy(values: torch.Tensor) -> np.ndarray:
+    """``values`` as a NumPy array, at least float32 (NumPy has no bfloat16, scikit-learn no float16)."""
+    return values.to(torch.promote_types(values.dtype, torch.float32)).cpu().numpy()
+
+
 def _fit(patterns: torch.Tensor, outputs: torch.Tensor, seg: torch.Tensor, features: int,
          kernel_width: float) -> _Fit:
     """Fit the surrogate and paint the ``features`` superpixels with the largest |weight|."""
-    coef, intercept, score = fit_surrogate(patterns.cpu().numpy(), outputs.cpu().numpy(), kernel_width)
+    coef, intercept, score = fit_surrogate(_numpy(patterns), _numpy(outputs), kernel_width)
     shown = np.argsort(-np.abs(coef))[:features]
     painted = np.zeros(len(coef), np.float32)
     painted[shown] = coef[shown]

@@ -100,7 +100,8 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    wide = x.float()  # (antialiased resizing has no half-precision kernel on the CPU)
+    return F.interpolate(wide, size=size, mode="bilinear", align_corners=False, antialias=shrink).to(x.dtype)
 
 
 def _splits(length: int, tile: int) -> list[tuple[int, int]]:
