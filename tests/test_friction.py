@@ -72,3 +72,25 @@ def test_a_model_in_another_dtype_gets_synthesis_dreams_and_lime(dtype):
     dream = cl.deepdream(model, x, "2", steps=2, octaves=2)
     assert torch.isfinite(dream.images.float()).all()
     assert torch.isfinite(cl.lime(model, x, 1, samples=16, seed=0).map).all()
+
+
+def test_a_single_score_model_is_a_binary_head_whose_probability_is_its_sigmoid():
+    """A softmax over one score is always 1: occlusion and LIME drew constant maps. One score is the logit of a
+    binary head, and its class's probability is the sigmoid."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 1)).eval()
+    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    occluded = cl.occlusion(model, x, mask_size=8, stride=8, incremental=False)
+    y, x0 = 8, 16
+    hidden = x.clone()
+    hidden[:, y:y + 8, x0:x0 + 8] = 0.5
+    with torch.no_grad():
+        expected = torch.sigmoid(model(hidden[None]).double())[0, 0]
+    assert occluded.raw[y // 8, x0 // 8].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert occluded.raw.max() > occluded.raw.min()
+    assert cl.lime(model, x, samples=64, seed=0).map.abs().max() > 0
+    with torch.no_grad():
+        score = model(x[None])[0, 0]
+    (top,) = cl.gradcam(model, x).predictions
+    assert top.prob == pytest.approx(torch.sigmoid(score).item(), rel=1e-5)

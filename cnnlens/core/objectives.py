@@ -79,6 +79,17 @@ def _per_item(index: int | torch.Tensor, batch: int, device: torch.device) -> to
     return t
 
 
+def class_probabilities(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Class probabilities from ``logits`` along ``dim``: the softmax, or for a model with one output score (a
+    binary head) its sigmoid, the probability of that class (a softmax over one score is always 1)."""
+    return torch.sigmoid(logits) if logits.shape[dim] == 1 else torch.softmax(logits, dim=dim)
+
+
+def class_log_probabilities(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """The log of :func:`class_probabilities`, computed stably (log-softmax, or log-sigmoid for one score)."""
+    return torch.nn.functional.logsigmoid(logits) if logits.shape[dim] == 1 else torch.log_softmax(logits, dim=dim)
+
+
 def _logits_of(ctx: Context, what: str) -> torch.Tensor:
     if ctx.logits is None:
         raise ValueError(f"target {what} needs the model's class scores, and this model's output is not B×K "
@@ -325,7 +336,7 @@ class Logit(Objective):
 
 
 class Prob(Logit):
-    """The softmax probability of class ``index``."""
+    """The probability of class ``index`` (:func:`class_probabilities`: softmax, or a single score's sigmoid)."""
 
     _kind = "prob"
 
@@ -333,7 +344,7 @@ class Prob(Logit):
         return self
 
     def _scores(self, ctx: Context) -> torch.Tensor:
-        return torch.softmax(_logits_of(ctx, self.description), dim=1)
+        return class_probabilities(_logits_of(ctx, self.description))
 
 
 class Predicted(Objective):
@@ -407,7 +418,7 @@ def logit(index: int | Sequence[int]) -> Objective:
 
 
 def prob(index: int | Sequence[int]) -> Objective:
-    """The softmax probability of a class."""
+    """The probability of a class (softmax; for a model with one output score, its sigmoid)."""
     return Prob(index)
 
 

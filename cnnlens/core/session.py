@@ -23,7 +23,7 @@ from torch import nn
 from .hooks import Capture, StopForward
 from .images import Batch, to_batch
 from .model import InputSpec, LayerInfo, expected_channels, find_layer, probe_layers, spec_of, unwrap
-from .objectives import Objective
+from .objectives import Objective, class_probabilities
 from .results import Prediction
 from .shadow import ShadowError, copyable, guarded, module_name, named_modules, view
 
@@ -202,7 +202,7 @@ class Session:
         """Top-``k`` predictions (index, name, probability) for each row of ``logits`` (none without logits)."""
         if logits is None:
             return [[] for _ in range(batch)]
-        probs = torch.softmax(logits.detach().float(), dim=1)
+        probs = class_probabilities(logits.detach().float())
         top = probs.topk(min(k, probs.shape[1]), dim=1)
         return [[Prediction(i, self.class_name(i), p) for p, i in zip(ps, idx)]
                 for ps, idx in zip(top.values.tolist(), top.indices.tolist())]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..core.hooks import capture
 from ..core.images import resize_map
-from ..core.objectives import Context, Logit, Objective
+from ..core.objectives import Context, Logit, Objective, class_probabilities
 from ..core.progress import Steps
 from ..core.session import Session, look, redone_when_weights_move
 from ..explain._common import clean_logits, objective_for, positive_int
@@ -187,7 +187,7 @@ def _curve(kind: str, model: torch.nn.Module, x: Any, saliency_map: Any, target:
                 inputs = other[img] * (1 - changed) + xs[img] * changed
             if classes is not None:
                 with torch.no_grad():
-                    probs = torch.softmax(s.logits(inputs).float(), dim=1)
+                    probs = class_probabilities(s.logits(inputs).float())
                 objective.check(probs.shape[1])
                 values = probs.gather(1, classes[img][:, None])[:, 0]
             else:

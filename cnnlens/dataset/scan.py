@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 from ..core.data import batches, count
 from ..core.hooks import tensor_output_hooks
+from ..core.objectives import class_probabilities
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.session import look, redone_when_weights_move, select_output
 from ..core.shadow import named_modules
@@ -754,7 +755,7 @@ def _chosen_layers(s: Any, layers: Any, size: tuple[int, int]) -> list[str]:
 
 def _add_classes(state: _ClassState | None, logits: torch.Tensor, index: torch.Tensor,
                  labels: list[int | None], k: int) -> _ClassState:
-    probs = torch.softmax(logits.double(), 1).float().double().T.cpu()  # C×B, float32 numbers (see _order_key)
+    probs = class_probabilities(logits.double()).float().double().T.cpu()  # C×B, float32 numbers (see _order_key)
     n_classes = probs.shape[0]
     if state is None:
         state = _ClassState(_Best.empty(n_classes, k), _Best.empty(n_classes, k), _Best.empty(n_classes, k))

@@ -47,7 +47,7 @@ import torch
 
 from ..core.hooks import capture
 from ..core.images import gaussian_blur
-from ..core.objectives import Context, Logit, Objective, Prob
+from ..core.objectives import Context, Logit, Objective, Prob, class_log_probabilities
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
 from ..core.session import Session, look, redone_when_weights_move
@@ -279,7 +279,7 @@ def _passes(size: tuple[int, int], mask_size: int, stride: int) -> list[int]:
 def _values(objective: Objective, ctx: Context) -> torch.Tensor:
     """The objective per image, in float64 (a probability through the float64 log-softmax)."""
     if isinstance(objective, Prob):
-        log_p = torch.log_softmax(ctx.logits.double(), dim=1)
+        log_p = class_log_probabilities(ctx.logits.double())
         idx = objective.classes(len(log_p), log_p.device)
         return log_p.gather(1, idx[:, None])[:, 0].exp()
     return objective(ctx).double()
@@ -288,7 +288,7 @@ def _values(objective: Objective, ctx: Context) -> torch.Tensor:
 def _log_values(objective: Objective, ctx: Context) -> torch.Tensor | None:
     if not isinstance(objective, Prob):
         return None
-    log_p = torch.log_softmax(ctx.logits.double(), dim=1)
+    log_p = class_log_probabilities(ctx.logits.double())
     return log_p.gather(1, objective.classes(len(log_p), log_p.device)[:, None])[:, 0]
 
 

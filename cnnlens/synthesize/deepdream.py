@@ -37,7 +37,7 @@ from torch import nn
 
 from ..core.hooks import capture
 from ..core.images import to_batch
-from ..core.objectives import Context, Logit, Objective
+from ..core.objectives import Context, Logit, Objective, class_probabilities
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Synthesis
 from ..core.session import Session, look, redone_when_weights_move, warn_if_out_of_range
@@ -214,5 +214,5 @@ def _judge(s: Session, images: torch.Tensor, objective: Objective, size: tuple[i
         logits = s.logits(_resize(images, size))
     confidence = None
     if isinstance(objective, Logit) and isinstance(objective.index, int):
-        confidence = torch.softmax(logits.float(), 1)[:, objective.index].cpu()
+        confidence = class_probabilities(logits.float())[:, objective.index].cpu()
     return s.predictions(logits), confidence

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..core.objectives import Context, Logit, Objective, _Sum
+from ..core.objectives import Context, Logit, Objective, _Sum, class_probabilities
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Synthesis
 from ..core.session import Session, look, redone_when_weights_move
@@ -147,5 +147,5 @@ def _judge(s: Session, images: torch.Tensor, objectives: list[Objective], groups
     confidence = None
     if all(isinstance(o, Logit) and isinstance(o.index, int) for o in objectives):
         classes = torch.tensor([objectives[int(g)].index for g in groups], device=logits.device)
-        confidence = torch.softmax(logits.float(), 1).gather(1, classes[:, None])[:, 0].cpu()
+        confidence = class_probabilities(logits.float()).gather(1, classes[:, None])[:, 0].cpu()
     return s.predictions(logits), confidence

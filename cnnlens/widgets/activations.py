@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.hooks import capture
+from ..core.objectives import class_probabilities
 from ..core.session import look
 from .base import Images, View, class_names, spatial_layers
 from .panel import Panel
@@ -80,7 +81,7 @@ class ActivationsView(View):
 
         def publish(result):
             acts, logits = result
-            probs = torch.softmax(logits, 0)
+            probs = class_probabilities(logits, 0)
             top = probs.topk(min(5, len(probs)))
             names = class_names(model, len(probs))
             bars = [(names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]

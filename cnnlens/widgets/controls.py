@@ -6,6 +6,7 @@ import ipywidgets as W
 import torch
 
 from ..core.display import COLORMAPS
+from ..core.objectives import class_probabilities
 from ..explain.registry import Control
 
 
@@ -26,7 +27,7 @@ def control_widget(control: Control) -> W.Widget:
 
 def target_options(logits: torch.Tensor, names: list[str]) -> list[tuple[str, int]]:
     """Target-class dropdown options: predicted class first, each with its probability."""
-    probs = torch.softmax(logits.detach().float(), 0)
+    probs = class_probabilities(logits.detach().float(), 0)
     order = probs.argsort(descending=True).tolist()
     return [(f"{names[i]} ({float(probs[i]):.1%})", i) for i in order]
 
