@@ -346,6 +346,14 @@ def test_torchscript_models_use_the_guarded_path(default):
     for method in (cl.guided_backprop, cl.deconvnet):  # never a plain gradient passed off as a rule's result
         with pytest.raises(TypeError, match="TorchScript"):
             method(scripted, x, 2)
+    # LIME needs only forwards (it sized them by hooking the layers: a raw "not supported on ScriptModules");
+    # whatever reads layers says so
+    torch.testing.assert_close(cl.lime(scripted, x, 2, samples=16, seed=0).map, cl.lime(model, x, 2, samples=16,
+                                                                                          seed=0).map)
+    for call in (lambda: cl.filter_health(scripted), lambda: cl.sanity_check(scripted, x, "saliency"),
+                 lambda: cl.Lens(scripted, x)):
+        with pytest.raises(TypeError, match="TorchScript.*eager nn.Module"):
+            call()
     assert_unchanged(scripted, before)
 
 

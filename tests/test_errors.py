@@ -190,3 +190,31 @@ def test_views_need_a_spatial_layer_and_say_so():
     for view in (AttributionView, ActivationsView, DeconvView, cl.Lens):
         with pytest.raises(ValueError, match="model: Sequential has no spatial layer"):
             view(mlp, torch.rand(2, 3, 16, 16))
+
+
+def test_configure_checks_mean_std_and_class_names_against_the_model():
+    """A mean of 2 values on a 3-channel model was accepted and every later call failed on a tensor size; a
+    string of class names was split into letters; too few names mixed names and numbers silently."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    with pytest.raises(ValueError, match="one value per input channel each; got 2 and 3"):
+        cl.configure(model, mean=(0.5, 0.5), std=(0.2, 0.2, 0.2))
+    with pytest.raises(ValueError, match="3-channel images: give 3 values each"):
+        cl.configure(model, mean=(0.5,) * 4, std=(0.2,) * 4)
+    with pytest.raises(TypeError, match="classes must be a list of class names"):
+        cl.configure(model, classes="abcde")
+    cl.configure(model, mean=(0.5,), std=(0.2,))  # one value for every channel is fine
+    cl.configure(model, classes=["a", "b"])
+    with pytest.warns(UserWarning, match="scores 5 classes but has 2 class names"):
+        cl.saliency(model, torch.rand(3, 16, 16), 0)
+
+
+def test_switches_must_be_booleans():
+    """``relu="no"`` counted as true and was recorded as the string."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    x = torch.rand(3, 16, 16)
+    for call, argument in ((lambda: cl.gradcam(model, x, relu="no"), "relu"),
+                           (lambda: cl.smoothgrad(model, x, absolute=1), "absolute"),
+                           (lambda: cl.sanity_check(model, x, "saliency", keep_maps=None), "keep_maps"),
+                           (lambda: cl.check_explanation(model, x, "saliency", sanity="yes"), "sanity")):
+        with pytest.raises(TypeError, match=f"{argument} must be True or False"):
+            call()

@@ -73,6 +73,11 @@ def configure(model: nn.Module, *, mean: Sequence[float] | None = None, std: Seq
         raise ValueError("mean and std must be given together (or neither).")
     if std is not None and any(s <= 0 for s in std):
         raise ValueError(f"std must be positive, got {tuple(std)}.")
+    if mean is not None and len(mean) != len(std):
+        raise ValueError(f"mean and std must have one value per input channel each; got {len(mean)} and "
+                         f"{len(std)} values.")
+    if isinstance(classes, str):
+        raise TypeError("classes must be a list of class names (one per output score), not one string.")
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
     if input_size is not None and (len(input_size) != 2 or min(input_size) <= 0):
@@ -95,6 +100,10 @@ def configure(model: nn.Module, *, mean: Sequence[float] | None = None, std: Seq
         given["output"] = output
     base = InputSpec() if reset else spec_of(model)
     spec = dataclasses.replace(base, **given)
+    channels = spec.channels or expected_channels(model)
+    if spec.mean is not None and channels is not None and len(spec.mean) not in (1, channels):
+        raise ValueError(f"mean and std have {len(spec.mean)} values each, but the model takes {channels}-channel "
+                         f"images: give {channels} values each (or configure(channels=...) if that is wrong).")
     _SPECS[model] = spec
     return spec
 

@@ -192,6 +192,10 @@ class Session:
         if not torch.isfinite(out).all():
             raise ValueError("The model's output contains NaN or Inf for this input; "
                              "check the input's range and the model's weights.")
+        names = self.spec.classes
+        if names is not None and len(names) != out.shape[1]:
+            warnings.warn(f"The model scores {out.shape[1]} classes but has {len(names)} class names (configure("
+                          "classes=...) or its .classes); classes without a name show their index.", stacklevel=2)
         return out
 
     def class_name(self, index: int) -> str:
@@ -211,6 +215,9 @@ class Session:
 
     def layers(self, size: tuple[int, int] | None = None) -> list[LayerInfo]:
         """The layer table for inputs of ``size`` (probed once, cached with the shadow)."""
+        if not self.is_shadow:
+            raise TypeError("This reads the model's layers, and a TorchScript model's modules cannot be hooked; "
+                            "pass the eager nn.Module.")
         size = tuple(size or self.spec.input_size or (224, 224))
         tables = _TABLES.setdefault(self._shared, OrderedDict())
         if size in tables:
@@ -232,8 +239,9 @@ class Session:
     def batch_in_heap(self, size: tuple[int, int], most: int, block: int = HEAP_BLOCK) -> int:
         """Images per forward at ``size``, at most ``most``: on the CPU, as many as keep the largest module output
         of a batch within ``block`` bytes (one heap block, ``HEAP_BLOCK``, by default), so that the allocator
-        reuses its memory instead of faulting in fresh pages for every activation; elsewhere ``most``."""
-        if self.device.type != "cpu":
+        reuses its memory instead of faulting in fresh pages for every activation; elsewhere, and for a TorchScript
+        model (whose modules cannot be hooked to measure their outputs), ``most``."""
+        if self.device.type != "cpu" or not self.is_shadow:
             return most
         largest = max((math.prod(info.shape) for info in self.layers(size)), default=0)
         per_image = largest * torch.empty((), dtype=self.dtype).element_size()

@@ -43,7 +43,7 @@ from ..core.model import configure, spec_of
 from ..core.progress import Steps
 from ..core.session import look, redone_when_weights_move
 from ..core.shadow import named_modules, private_copy
-from ..explain._common import clean_logits, objective_for
+from ..explain._common import boolean, clean_logits, objective_for
 from ..explain.registry import METHODS, MethodInfo
 from .metrics import Curve, deletion, importance, insertion, mask_overlap, pointing_game
 
@@ -216,6 +216,7 @@ def sanity_check(model: torch.nn.Module, x: Any, method: Any = "saliency", targe
     Deterministic for a ``seed``; the user's weights are never written.
     """
     info = _method(method)
+    keep_maps = boolean(keep_maps, "keep_maps")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: choose one of {', '.join(MODES)}.")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -291,6 +292,7 @@ def check_explanation(model: torch.nn.Module, x: Any, method: Any = "saliency", 
     ``sanity``), deletion and insertion curves with ``steps`` steps, and the pointing game and mask overlap
     against ``mask`` (H×W) when given."""
     info = _method(method)
+    sanity = boolean(sanity, "sanity")
     with look(model) as s:
         batch = s.prepare(x)
         if len(batch.x) != 1:

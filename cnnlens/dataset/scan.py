@@ -40,7 +40,7 @@ from ..core.objectives import class_probabilities
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.session import look, redone_when_weights_move, select_output
 from ..core.shadow import named_modules
-from ..explain._common import positive_int
+from ..explain._common import boolean, positive_int
 
 QUANTILE = 0.995  # Network Dissection's top 0.5% activation level
 _BINS = 1024  # histogram bins per unit, uniform in asinh(value / _SCALE)
@@ -443,8 +443,7 @@ def scan(model: torch.nn.Module, data: Any, layers: str | Sequence[str] | None =
     batch_size = positive_int(batch_size, "batch_size")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an int ≥ 0, got {num_workers!r}.")
-    if not isinstance(statistics, bool):
-        raise TypeError(f"statistics must be True or False, got {type(statistics).__name__}.")
+    statistics = boolean(statistics, "statistics")
     total = count(data)
     if total == 0:
         raise ValueError("data is empty: give at least one image.")

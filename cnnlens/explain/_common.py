@@ -48,6 +48,13 @@ def positive_int(value: Any, argument: str, minimum: int = 1) -> int:
     return value
 
 
+def boolean(value: Any, argument: str) -> bool:
+    """``value`` when it is True or False, else a TypeError naming ``argument`` (a string such as "no" is true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{argument} must be True or False, got {value!r}.")
+    return value
+
+
 def input_gradient(session: Session, x: torch.Tensor, objective: Objective, rule: str | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """d objective / d x for each image (one forward + one backward), and the forward's logits."""

@@ -16,13 +16,14 @@ from ..core.hooks import capture
 from ..core.objectives import Context
 from ..core.results import Explanation
 from ..core.session import look, redone_when_weights_move
-from ._common import explanation, objective_for
+from ._common import boolean, explanation, objective_for
 
 
 @redone_when_weights_move
 def gradcam(model: torch.nn.Module, x: Any, target: Any = None, *, layer: str | torch.nn.Module | None = None,
             relu: bool = True) -> Explanation:
     """Grad-CAM map of ``target`` at ``layer`` (None = last spatial layer); ``raw`` is the layer-resolution map."""
+    relu = boolean(relu, "relu")
     with look(model) as s:
         batch = s.prepare(x)
         size = tuple(batch.x.shape[-2:])

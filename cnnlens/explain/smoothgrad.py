@@ -16,7 +16,7 @@ import torch
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Explanation
 from ..core.session import look, redone_when_weights_move
-from ._common import clean_logits, explanation, generator, objective_for, positive_int, summed_gradients
+from ._common import boolean, clean_logits, explanation, generator, objective_for, positive_int, summed_gradients
 
 
 @redone_when_weights_move
@@ -31,6 +31,7 @@ def smoothgrad(model: torch.nn.Module, x: Any, target: Any = None, *, samples: i
     on the CPU where activations are large (:meth:`Session.batch_in_heap`).
     """
     samples = positive_int(samples, "samples")
+    absolute = boolean(absolute, "absolute")
     batch_size = None if batch_size is None else positive_int(batch_size, "batch_size")
     if not isinstance(noise, (int, float)) or noise < 0:
         raise ValueError(f"noise must be a number ≥ 0 (a fraction of the image's value range), got {noise!r}.")
