@@ -174,8 +174,13 @@ function renderGrid(model, ui) {
       }
       px[i * 4 + 3] = 255;
     }
-    drawPixels(ui.zoom, px, tw, th, Math.min(model.get("size"), 192));
-    ui.zoomInfo.textContent = `#${t}: min ${lo.toPrecision(3)}, max ${hi.toPrecision(3)}`;
+    // zoom_box [top, left, height, width]: the part of a tile worth enlarging (not its frame or caption)
+    const [top, left, zh, zw] = model.get("zoom_box").length === 4 ? model.get("zoom_box") : [0, 0, th, tw];
+    const part = new Uint8ClampedArray(zh * zw * 4);
+    for (let r = 0; r < zh; r++) part.set(px.subarray(((top + r) * tw + left) * 4, ((top + r) * tw + left + zw) * 4), r * zw * 4);
+    drawPixels(ui.zoom, part, zw, zh, Math.min(model.get("size"), 192));
+    // a heat tile's range is its scale; a picture drawn as it is (in [0, 1]) has none worth reading
+    ui.zoomInfo.textContent = stretch ? `#${t}: min ${lo.toPrecision(3)}, max ${hi.toPrecision(3)}` : "";
     ui.zoom.hidden = false;
   };
   ui.canvas.onclick = (event) => {
@@ -419,7 +424,7 @@ function render({ model, el: root }) {
   };
   model.on("msg:custom", onMessage);
   const events = ["change:image", "change:heat", "change:shape", "change:cmap", "change:cmap_index", "change:opacity", "change:signed",
-    "change:vmax", "change:rect", "change:legend", "change:bars", "change:size", "change:title", "change:kind", "change:selected", "change:columns", "change:zoomable", "change:normalize",
+    "change:vmax", "change:rect", "change:legend", "change:bars", "change:size", "change:title", "change:kind", "change:selected", "change:columns", "change:zoomable", "change:zoom_box", "change:normalize",
     "change:tile_names", "change:captions"];
   events.push("change:points", "change:groups", "change:color_by", "change:atlas", "change:atlas_shape");
   const statusEvents = ["change:status", "change:progress", "change:error", "change:details"];

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import cnnlens as cl
 from cnnlens.core.session import STREAM_BLOCK
 from cnnlens.dataset.health import TRANSFORMS, Pair, kernel_pairs
+from cnnlens.widgets.health_view import kernel_image
 
 from .conftest import assert_unchanged, forwards_in_parts, random_model, snapshot
 from .test_invariants import MidTraining, _assert_no_hooks_left
@@ -339,6 +340,10 @@ def test_view_marks_the_findings_and_follows_its_controls(shapes):
         assert torch.allclose(tiles[2, :, 0, 0], torch.tensor([1.0, 0.45, 0.0]), atol=0.01)  # duplicate: orange
         assert torch.allclose(tiles[7, :, 0, 0], torch.tensor([0.0, 0.66, 0.3]), atol=0.01)  # rotated: green
         assert torch.allclose(tiles[0, :, 0, 0], torch.ones(3))  # nothing found: no frame
+        top, left, h, w = view.grid.zoom_box  # the zoom enlarges the kernel, not its frame and caption strip
+        kernels = kernel_image(sick.stage1.conv1.weight)
+        assert (h, w) == (33, 33) and torch.allclose(
+            tiles[:, :, top:top + h, left:left + w], F.interpolate(kernels, scale_factor=11), atol=1 / 255)
         assert view.grid.tile_names[7] == "unit 7: rotated copy (rot90) of 3: +1.000"
         assert "duplicate: 2~5 +1.000" in view.findings.value and "activity on 256 images" in view.findings.value
         view.grid.selected = 11

@@ -61,8 +61,9 @@ def _font() -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def tiles(weight: torch.Tensor, report: HealthReport, layer: str) -> tuple[torch.Tensor, list[str]]:
-    """Framed, captioned N×3×H×W tiles of ``layer``'s kernels and one hover line per unit."""
+def tiles(weight: torch.Tensor, report: HealthReport, layer: str) -> tuple[torch.Tensor, list[str], list[int]]:
+    """Framed, captioned N×3×H×W tiles of ``layer``'s kernels, one hover line per unit, and the box of a tile
+    that holds the kernel ([top, left, height, width]: what the zoom enlarges, without frame or caption)."""
     images = kernel_image(weight)
     k = max(images.shape[-2:])
     scale = max(2, round(32 / k))
@@ -92,7 +93,7 @@ def tiles(weight: torch.Tensor, report: HealthReport, layer: str) -> tuple[torch
             x += int(draw.textlength(text, font=font)) + 2
         out.append(torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255).permute(2, 0, 1))
         names.append(describe(unit, found.get(unit, [])))
-    return torch.stack(out), names
+    return torch.stack(out), names, [pad, pad, h, w]
 
 
 def grid_size(images: torch.Tensor) -> int:
@@ -224,12 +225,13 @@ class FilterHealthView(View):
             return report, known, tiles(weight, report, layer)
 
         def publish(outcome):
-            report, activity, (images, names) = outcome
+            report, activity, (images, names, kernel_box) = outcome
             self.report, self._activity, self._names = report, activity, names
             dead = sum(1 for name, _ in report.dead if name == layer)
             pairs = ", ".join(f"{kind.removesuffix('s')} {sum(1 for p in getattr(report, kind) if p.a[0] == layer)}"
                               for kind in ("duplicates", "rotated", "opposite"))
             self.grid.tile_names = names
+            self.grid.zoom_box = kernel_box
             self.grid.size = grid_size(images)
             self.grid.show_grid(images, title=f"{layer} · {report.units[layer]} filters · {dead} dead · "
                                               f"pairs: {pairs}")

@@ -65,6 +65,8 @@ class Panel(anywidget.AnyWidget):
     selected = traitlets.Int(-1).tag(sync=True)
     columns = traitlets.Int(0).tag(sync=True)  # grid columns; 0: about square
     zoomable = traitlets.Bool(True).tag(sync=True)  # a grid shows the clicked tile enlarged below it
+    zoom_box = traitlets.List(traitlets.Int(), default_value=[]).tag(sync=True)  # [top, left, h, w] of a tile to
+    # enlarge (empty: all of it), so that a frame or a caption drawn into the tile is not blown up with it
     tile_names = traitlets.List(traitlets.Unicode(), default_value=[]).tag(sync=True)  # grid hover text per tile
     captions = traitlets.List(traitlets.Unicode(), default_value=[]).tag(sync=True)  # grid text under each tile
     normalize = traitlets.Bool(True).tag(sync=True)  # a grid scales each tile to its range (False: [0, 1] as is)

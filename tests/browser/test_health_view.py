@@ -89,6 +89,10 @@ def test_planted_faults_are_framed_and_named(health: Notebook):
     page.wait_for_function("() => [...document.querySelectorAll('.widget-html')].some(e => "
                            "e.textContent.includes('unit 7: rotated copy (rot90) of 3'))", timeout=30_000)
     assert panel.locator("canvas.cl-zoom").is_visible()
+    # the kernel alone (its tile's frame and caption strip are not blown up), and no [0, 1] range under it
+    assert panel.evaluate("el => [el.querySelector('canvas.cl-zoom').width, "
+                          "el.querySelector('canvas.cl-zoom').height]") == [33, 33]
+    assert panel.locator(".cl-zoom-info").text_content() == ""
     health.screenshot("filter_health", page.locator(".jp-OutputArea-output").last)
 
 
