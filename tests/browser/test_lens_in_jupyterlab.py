@@ -270,6 +270,7 @@ def test_errors_show_inside_the_widget(demo: Notebook):
     assert traceback.startswith("Traceback (most recent call last)") and "cam.py" in traceback
     assert traceback.rstrip().endswith(panel.locator(".cl-error").text_content())
     assert panel.locator(".cl-traceback *").count() == 0  # text, never HTML
+    assert panel.locator(".cl-traceback").evaluate("el => el.scrollWidth > el.clientWidth")  # lines whole: it scrolls
     demo.screenshot("error_details", panel)
     choose(page, "layer", "stage4")
     page.wait_for_function("el => el.dataset.status === 'idle' && !el.querySelector('.cl-error').textContent",
