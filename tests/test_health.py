@@ -365,3 +365,21 @@ def test_view_marks_the_findings_and_follows_its_controls(shapes):
         bad.close()
     with pytest.raises(ValueError, match="Unknown layer 'stage9'. Conv2d layers: stage1.conv1, "):
         FilterHealthView(sick, layer="stage9")
+
+
+def test_grouped_convolutions_pair_kernels_only_within_a_group():
+    """Kernels of two groups read different input channels: a depthwise 1×1 layer's scalars all came out as
+    ±1.000 duplicates and opposites (random mobilenet_v2: 23 / 202 / 474 false pairs, all depthwise)."""
+    conv = torch.nn.Conv2d(4, 8, 3, groups=2)
+    with torch.no_grad():
+        conv.weight[1] = conv.weight[0]  # same group (units 0–3): a duplicate
+        conv.weight[5] = conv.weight[0]  # another group: the same numbers on other channels, no pair
+        conv.weight[6] = -conv.weight[4]  # same group (units 4–7): opposite
+        conv.weight[7] = conv.weight[2].flip(-1)  # a mirror of a kernel of the other group: no pair
+    duplicates, rotated, opposite, _ = kernel_pairs("g", conv.weight, 0.99, 0.99, 0.99, groups=2)
+    assert [(p.a[1], p.b[1]) for p in duplicates] == [(0, 1)]
+    assert [(p.a[1], p.b[1]) for p in opposite] == [(4, 6)] and rotated == []
+    depthwise = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1, groups=8),
+                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    report = cl.filter_health(depthwise, layer="2")  # (and the first layer, which is not grouped)
+    assert not [p for p in report.duplicates + report.rotated + report.opposite if p.a[0] == "2"]

@@ -1005,3 +1005,14 @@ def test_lens_dataset_tabs_share_one_scan_link_units_and_build_filters_on_first_
     assert lens.index.value == first[2]
     lens.close()
     assert cnnlens_threads() == []
+
+
+def test_a_lens_given_a_dataloader_looks_at_its_dataset():
+    """A view picks images one at a time: a DataLoader (batches, not subscriptable) stands for its dataset."""
+    from cnnlens.widgets.base import Images
+
+    dataset = torch.utils.data.TensorDataset(torch.rand(6, 3, 16, 16), torch.arange(6) % 2)
+    images = Images(torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=True), torch.nn.Identity())
+    assert len(images) == 6
+    image, label = images[5]
+    assert torch.equal(image, dataset[5][0]) and label == 1

@@ -14,6 +14,7 @@ model's input.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,11 +146,24 @@ def _keep_items(items: list) -> list:
     return items
 
 
+def keeps_order(loader: DataLoader) -> bool:
+    """Whether ``loader``'s sampler fixes which dataset item each image is (sequential, or a
+    ``DistributedSampler`` without shuffling), so that results can name images by their dataset index."""
+    return isinstance(loader.sampler, SequentialSampler) or (
+        isinstance(loader.sampler, DistributedSampler) and not loader.sampler.shuffle)
+
+
+def warn_if_renumbered(data: Any, function: str) -> None:
+    """Warn when ``data`` is a DataLoader whose images can only be numbered as they arrive (see :func:`batches`):
+    ``function``'s indices would not point into the dataset."""
+    if isinstance(data, DataLoader) and not keeps_order(data):
+        warnings.warn(f"{function}: this DataLoader shuffles (or samples), so images are numbered in the order they "
+                      "arrive and an index does not point into its dataset; pass the dataset itself, or a "
+                      "DataLoader with shuffle=False, for indices into it.", stacklevel=3)
+
+
 def _loader_batches(loader: DataLoader) -> Iterator[RawBatch]:
-    order = None
-    if isinstance(loader.sampler, SequentialSampler) or (
-            isinstance(loader.sampler, DistributedSampler) and not loader.sampler.shuffle):
-        order = list(iter(loader.sampler))
+    order = list(iter(loader.sampler)) if keeps_order(loader) else None
     position = 0
     for batch in loader:
         images, labels = _split_collated(batch)
@@ -160,7 +174,12 @@ def _loader_batches(loader: DataLoader) -> Iterator[RawBatch]:
 
 
 def _split_collated(batch: Any) -> tuple[Any, list[int | None]]:
-    """A collated batch (a tensor, a tuple/list with images first, or a dict) → (images, labels)."""
+    """A collated batch (a tensor, a tuple/list with images first, a dict, or the list of items itself, as a
+    ``collate_fn=lambda b: b`` leaves it) → (images, labels)."""
+    if isinstance(batch, list) and batch and all(isinstance(item, (tuple, list, Mapping)) for item in batch) \
+            and not is_one_image(batch[0]):
+        images, labels = zip(*(split_item(item) for item in batch))
+        return list(images), list(labels)
     if isinstance(batch, Mapping):
         key = next((k for k in IMAGE_KEYS if k in batch), None)
         if key is None:
@@ -174,5 +193,7 @@ def _split_collated(batch: Any) -> tuple[Any, list[int | None]]:
         images, labels = batch, None
     n = len(images)
     if isinstance(labels, (torch.Tensor, np.ndarray)) and len(labels) == n and labels.ndim == 1:
+        return images, [int_like(v) for v in labels]
+    if isinstance(labels, (list, tuple)) and len(labels) == n:  # a custom collate's list of labels
         return images, [int_like(v) for v in labels]
     return images, [None] * n

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.data import batches, count, split_item
+from ..core.data import batches, count, split_item, warn_if_renumbered
 from ..core.hooks import tensor_output_hooks
 from ..core.model import LayerInfo, spec_of, unwrap
 from ..core.progress import CancelToken, ProgressFn, Steps
@@ -161,6 +161,7 @@ class Embedder:
         if max_images is not None:
             positive_int(max_images, "max_images")
         self.total = total if max_images is None else min(total, max_images)
+        warn_if_renumbered(data, "embed")
         ordered = isinstance(data, torch.utils.data.DataLoader)  # it decides its own order: its first images
         self._chosen = None if self.total == total or ordered else _spread(total, self.total)
         self._size: tuple[int, int] | None = None

@@ -21,8 +21,11 @@ the first convolution and any layers you name.
   symmetric under T.
 - **opposite**: pairs with cosine similarity ≤ ``-opposite``.
 
-Kernels are compared within a layer (biases are not part of a kernel);
-every pair is reported once, with the lower unit first.
+Kernels are compared within a layer (biases are not part of a kernel), and
+in a grouped convolution only within a group: kernels of two groups read
+different input channels, so alike numbers are not alike filters (a
+depthwise layer has one kernel per group and no pairs). Every pair is
+reported once, with the lower unit first.
 """
 
 from __future__ import annotations
@@ -241,12 +244,14 @@ def _pairs(layer: str, where: torch.Tensor, sims: torch.Tensor, transform: str |
     return sorted(out, key=lambda p: (-abs(p.similarity), p.a[1], p.b[1]))
 
 
-def kernel_pairs(layer: str, weight: torch.Tensor, duplicate: float, rotated: float, opposite: float
-                 ) -> tuple[list[Pair], list[Pair], list[Pair], torch.Tensor]:
-    """Duplicates, rotated copies and opposite pairs among the kernels ``weight`` (C_out×C_in×h×w) of one
-    layer, and which kernels are all zero. See the module doc for the rules."""
+def kernel_pairs(layer: str, weight: torch.Tensor, duplicate: float, rotated: float, opposite: float,
+                 groups: int = 1) -> tuple[list[Pair], list[Pair], list[Pair], torch.Tensor]:
+    """Duplicates, rotated copies and opposite pairs among the kernels ``weight`` (C_out×C_in/groups×h×w) of one
+    layer, pairs only within a group, and which kernels are all zero. See the module doc for the rules."""
     unit, zero = _normalized(weight)
-    sims = unit @ unit.T  # sims[b, a] = cos(w_b, w_a)
+    group = torch.arange(len(weight), device=weight.device) // (len(weight) // groups)
+    apart = group[:, None] != group[None, :]  # kernels of two groups read different channels: never a pair
+    sims = (unit @ unit.T).masked_fill(apart, math.nan)  # sims[b, a] = cos(w_b, w_a); NaN fails every threshold
     duplicates = _pairs(layer, sims >= duplicate, sims, "identity")
     opposites = _pairs(layer, sims <= -opposite, sims, "negated")
     h, w = weight.shape[-2:]
@@ -255,7 +260,7 @@ def kernel_pairs(layer: str, weight: torch.Tensor, duplicate: float, rotated: fl
     names = [n for n in TRANSFORMS if h == w or n not in SQUARE_ONLY] if h * w > 1 else []
     for k, name in enumerate(names):
         moved, _ = _normalized(TRANSFORMS[name](weight.detach()))
-        turned = unit @ moved.T  # turned[b, a] = cos(w_b, T(w_a))
+        turned = (unit @ moved.T).masked_fill(apart, -2.0)  # turned[b, a] = cos(w_b, T(w_a))
         symmetric = turned.diagonal() >= rotated  # a ≈ T(a): every copy of a would match under T
         turned = turned.masked_fill(symmetric[None, :], -2.0)
         better = turned > best
@@ -338,7 +343,7 @@ def filter_health(model: nn.Module, data: Any = None, layer: Any = None, *, dupl
         for name in chosen:
             weight = s.module(name).weight
             report.units[name] = int(weight.shape[0])
-            dup, rot, opp, zero = kernel_pairs(name, weight, **thresholds)
+            dup, rot, opp, zero = kernel_pairs(name, weight, **thresholds, groups=s.module(name).groups)
             report.duplicates += dup
             report.rotated += rot
             report.opposite += opp

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..core.data import batches, count
+from ..core.data import batches, count, warn_if_renumbered
 from ..core.hooks import tensor_output_hooks
 from ..core.objectives import class_probabilities
 from ..core.progress import CancelToken, ProgressFn, Steps
@@ -447,6 +447,7 @@ def scan(model: torch.nn.Module, data: Any, layers: str | Sequence[str] | None =
     total = count(data)
     if total == 0:
         raise ValueError("data is empty: give at least one image.")
+    warn_if_renumbered(data, "scan")
     if indices is not None:
         if isinstance(data, torch.utils.data.DataLoader):
             raise ValueError("indices: a DataLoader decides its own order; pass its dataset to scan a part of it.")
@@ -612,6 +613,10 @@ def _scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: Ste
             size = tuple(x.shape[-2:])
             names = _chosen_layers(s, layers, size)
             hooked = list(names)
+        elif tuple(x.shape[-2:]) != size:  # (batches of one image each keep their own sizes)
+            raise ValueError(f"data: images of different sizes {size} and {tuple(x.shape[-2:])} need a common "
+                             "input_size (the lists' positions are on one grid); set one with "
+                             "cnnlens.configure(model, input_size=...).")
         start = 0
         for part in s.heap_parts(x):
             end = start + len(part)

@@ -18,7 +18,8 @@ from .panel import Panel
 
 
 class Images:
-    """Images to look at: a dataset, a B×C×H×W tensor, a list of any images, or one image.
+    """Images to look at: a dataset (or a DataLoader: its dataset), a B×C×H×W tensor, a list of any images, or one
+    image.
 
     A dataset's items may be images, tuples/lists (image first; the second element is the label when it is
     int-like, e.g. torchvision's ``(image, label)`` or the shapes data's ``(image, label, mask)``), or dicts
@@ -26,6 +27,8 @@ class Images:
     """
 
     def __init__(self, source: Any, model: torch.nn.Module):
+        if isinstance(source, torch.utils.data.DataLoader):  # a view picks images one at a time, by index
+            source = source.dataset
         self.source = [source] if is_one_image(source) else source
         self.model = model
         if not hasattr(self.source, "__len__") or len(self.source) == 0:
