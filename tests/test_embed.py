@@ -289,3 +289,19 @@ def test_view_leaves_a_model_mid_training_untouched():
         view.close()
         assert_unchanged(model, before)
         assert state.fired == 0
+
+
+def test_degenerate_embeddings_stay_finite_and_few_points_get_a_knn_accuracy():
+    """t-SNE of identical vectors returned NaN points; knn_accuracy on 5 points asked a fold for 4 neighbours
+    out of 3 (NaN, with scikit-learn's traceback as a warning)."""
+    import warnings
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
+    same = cl.embed(model, torch.rand(1, 3, 32, 32).repeat(4, 1, 1, 1), method="tsne")
+    assert torch.equal(same.points, torch.zeros(4, 2))
+    few = [(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)), i % 2) for i in range(5)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        accuracy = cl.embed(model, few, method="pca").knn_accuracy()
+    assert 0.0 <= accuracy <= 1.0

@@ -77,7 +77,8 @@ class Embedding:
         if len(sizes) < 2:
             raise ValueError(f"knn_accuracy needs at least two classes among the known {of}.")
         splits = max(2, min(folds, int(sizes.min())))
-        classifier = KNeighborsClassifier(n_neighbors=min(k, int(known.sum()) - 1))
+        smallest_fit = len(y) - -(-len(y) // splits)  # the points a fold's classifier is fitted on, at fewest
+        classifier = KNeighborsClassifier(n_neighbors=max(1, min(k, smallest_fit)))
         scores = cross_val_score(classifier, self.points[known].numpy(), y,
                                  cv=StratifiedKFold(splits, shuffle=True, random_state=0))
         return float(scores.mean())
@@ -376,6 +377,9 @@ def _layout(vectors: torch.Tensor, method: str, perplexity: float, seed: int, st
     from openTSNE import TSNE
 
     used = min(perplexity, (n - 1) / 3)  # as scikit-learn: about 3 perplexities of neighbours must exist
+    if not np.ptp(x, axis=0).any():  # every image has the same vector: one point (t-SNE's affinities are NaN)
+        steps.advance(TSNE_ITERATIONS // TSNE_CALLBACK_EVERY)
+        return np.zeros((n, 2), dtype=np.float32), {"perplexity": used, "seed": seed}
 
     def callback(_iteration: int, _error: float, embedding: np.ndarray) -> bool:
         steps.advance()

@@ -238,7 +238,10 @@ class Scan:
             raise ValueError("This scan has no class results: the model's output is not one score per class.")
         n = self._classes.top.values.shape[0]
         if isinstance(c, str):
-            if not self.class_names or c not in self.class_names:
+            if not self.class_names:
+                raise ValueError(f"class {c!r}: the scanned model has no class names; give an index in [0, {n - 1}] "
+                                 "(or scan after cnnlens.configure(model, classes=[...])).")
+            if c not in self.class_names:
                 raise ValueError(f"Unknown class {c!r}. Classes: {', '.join(self.class_names or [])}.")
             c = self.class_names.index(c)
         if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < n:
