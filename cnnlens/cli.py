@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OSError) as error:  # (OSError: an output path that cannot be written)
         print(f"cnnlens {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -33,3 +33,11 @@ def test_layers_and_bad_arguments(capsys):
     assert main(["layers", "resnet9000"]) == 2
     assert "Unknown architecture 'resnet9000'" in capsys.readouterr().err
     assert main(["gallery", "/tmp/x", "--images", "0"]) == 2
+    capsys.readouterr()
+    # a size the model cannot take printed a header and exit code 0; a path that cannot be written a traceback
+    assert main(["layers", "alexnet", "--size", "32"]) == 2
+    assert "fails at (32, 32) after 'features.11'" in capsys.readouterr().err
+    assert main(["layers", "resnet18", "--size", "0"]) == 2
+    assert "input_size must be a positive int" in capsys.readouterr().err
+    assert main(["gallery", "/dev/null/x", "--images", "1"]) == 2
+    assert "Not a directory" in capsys.readouterr().err

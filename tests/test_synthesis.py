@@ -151,3 +151,45 @@ def test_a_unit_silent_on_the_start_wakes_up():
     result = cl.visualize(model, "1:0", preset="raw", size=16, steps=40, seed=0)
     assert float(result.history[0, 0]) == 0.0
     assert float(result.history[-1, 0]) > 0.05
+
+
+def test_diversity_is_measured_at_each_targets_own_layer(shapes, monkeypatch):
+    """It was measured at the alphabetically first layer of all targets together (stage2 for a stage3 target
+    beside a stage2 one), and raised an IndexError on a layer without a grid."""
+    model, _ = shapes
+    import sys
+
+    module = sys.modules["cnnlens.synthesize.visualize"]
+    seen = []
+    measure = module._gram_similarity
+    monkeypatch.setattr(module, "_gram_similarity", lambda acts, groups: (seen.append(tuple(acts.shape[1:])),
+                                                                          measure(acts, groups))[1])
+    cl.visualize(model, ["stage3:5", "stage2:1"], starts=2, diversity=5.0, steps=1, seed=0)
+    assert sorted(set(seen)) == sorted({(32, 16, 16), (64, 8, 8)})
+    seen.clear()
+    cl.visualize(model, cl.channel("stage4", 5) + 0.01 * cl.channel("stage1", 1), starts=2, diversity=5.0, steps=1,
+                 seed=0)
+    assert set(seen) == {(128, 8, 8)}  # the deepest layer the objective reads
+    result = cl.visualize(model, "fc:2", starts=2, diversity=5.0, steps=2, seed=0)
+    assert torch.isfinite(result.images).all()
+
+
+def test_a_cancelled_job_runs_no_step_and_objectives_check_their_numbers(shapes):
+    model, _ = shapes
+    token, seen = cl.CancelToken(), []
+    token.cancel()
+    with pytest.raises(cl.Cancelled):
+        cl.visualize(model, "stage3:5", steps=10, cancel=token, progress=lambda d, t: seen.append(d))
+    assert seen == []
+    for make, error, match in ((lambda: cl.channel("stage3", 1.7), TypeError, "unit must be an int, got 1.7"),
+                               (lambda: cl.channel("stage3", True), TypeError, "unit must be an int"),
+                               (lambda: cl.neuron("stage3", 1, 1.5, 2), TypeError, "y must be an int"),
+                               (lambda: cl.direction("stage3", "abc"), TypeError, "vector must be a tensor"),
+                               (lambda: cl.direction("stage3", [float("nan")] * 64), ValueError, "finite"),
+                               (lambda: cl.prob(3) * float("nan"), TypeError, "finite numbers only"),
+                               (lambda: cl.visualize(model, cl.neuron("fc", 1, 5, 5), steps=1), ValueError,
+                                "no spatial grid"),
+                               (lambda: cl.visualize(model, [0, 1], steps=1).figure(columns=0), ValueError,
+                                "columns must be an int ≥ 1")):
+        with pytest.raises(error, match=match):
+            make()

@@ -157,15 +157,15 @@ class Objective:
         return _Sum([(-1.0, self)])
 
     def __mul__(self, k: Any) -> Objective:
-        if not isinstance(k, Real) or isinstance(k, bool):
-            raise TypeError(f"Objectives scale by numbers only, got {type(k).__name__}.")
+        if not isinstance(k, Real) or isinstance(k, bool) or not np.isfinite(float(k)):
+            raise TypeError(f"Objectives scale by finite numbers only, got {k!r}.")
         return _Sum([(float(k), self)])
 
     __rmul__ = __mul__
 
     def __truediv__(self, k: Any) -> Objective:
-        if not isinstance(k, Real) or isinstance(k, bool) or k == 0:
-            raise TypeError(f"Objectives divide by non-zero numbers only, got {k!r}.")
+        if not isinstance(k, Real) or isinstance(k, bool) or k == 0 or not np.isfinite(float(k)):
+            raise TypeError(f"Objectives divide by finite non-zero numbers only, got {k!r}.")
         return _Sum([(1.0 / float(k), self)])
 
 
@@ -234,13 +234,20 @@ class _Sum(Objective):
         return self._map(lambda t: t.probability())
 
 
+def _whole(value: Any, argument: str) -> int:
+    """``value`` as an int when it is one (Python or NumPy integer), else a TypeError naming ``argument``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{argument} must be an int, got {value!r}.")
+    return int(value)
+
+
 class Channel(Objective):
     """Mean activation of channel ``unit`` of ``layer`` (spatial mean for C×H×W outputs)."""
 
     needs_logits = False
 
     def __init__(self, layer: str, unit: int):
-        self.layer, self.unit = layer, int(unit)
+        self.layer, self.unit = layer, _whole(unit, "unit")
         self.layers = frozenset({layer})
         self.description = f"{layer}:{self.unit}"
 
@@ -261,7 +268,8 @@ class Neuron(Objective):
     needs_logits = False
 
     def __init__(self, layer: str, unit: int, y: int | None = None, x: int | None = None):
-        self.layer, self.unit, self.y, self.x = layer, int(unit), y, x
+        self.layer, self.unit = layer, _whole(unit, "unit")
+        self.y, self.x = (None if v is None else _whole(v, name) for v, name in ((y, "y"), (x, "x")))
         self.layers = frozenset({layer})
         where = "centre" if y is None and x is None else f"y={y}, x={x}"
         self.description = f"{layer}:{self.unit}@{where}"
@@ -271,6 +279,9 @@ class Neuron(Objective):
         _check_index(self.unit, a.shape[1], f"unit of layer {self.layer!r} (it has {a.shape[1]} channels)", "target")
         a = a[:, self.unit]
         if a.dim() == 1:
+            if self.y is not None or self.x is not None:
+                raise ValueError(f"target: layer {self.layer!r} has no spatial grid, so a neuron there has no y or "
+                                 f"x; use cl.channel({self.layer!r}, {self.unit}).")
             return a
         y = a.shape[1] // 2 if self.y is None else self.y
         x = a.shape[2] // 2 if self.x is None else self.x
@@ -373,7 +384,13 @@ class Direction(Objective):
 
     def __init__(self, layer: str, vector: torch.Tensor | Sequence[float]):
         self.layer = layer
-        self.vector = torch.as_tensor(vector, dtype=torch.float32).flatten()
+        try:
+            self.vector = torch.as_tensor(vector, dtype=torch.float32).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"vector must be a tensor or a sequence of numbers (one per channel of {layer!r}), got "
+                            f"{type(vector).__name__}.") from None
+        if not torch.isfinite(self.vector).all():
+            raise ValueError("vector: a direction's entries must be finite numbers (it has NaN or Inf).")
         self.layers = frozenset({layer})
         self.description = f"direction({layer}, {self.vector.numel()}-d)"
 

@@ -111,6 +111,8 @@ class Synthesis:
         """A matplotlib figure with every image and its target (and confidence). Imports matplotlib lazily."""
         import matplotlib.figure
 
+        if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+            raise ValueError(f"columns must be an int ≥ 1, got {columns!r}.")
         n = len(self.images)
         cols = min(columns, n)
         rows = -(-n // cols)

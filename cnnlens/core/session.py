@@ -344,11 +344,25 @@ def layers(model: nn.Module, input_size: int | tuple[int, int] | None = None) ->
 
     Found by one probe forward on the model's shadow at ``input_size`` (default:
     the configured size, else 224×224). Wrappers (DataParallel, DDP,
-    torch.compile) are unwrapped; the model itself is not touched.
+    torch.compile) are unwrapped; the model itself is not touched. A forward
+    that fails at that size is a ValueError (the table would stop where it failed).
     """
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
+    if input_size is not None and (len(input_size) != 2 or min(input_size) <= 0):
+        raise ValueError(f"input_size must be a positive int or (H, W), got {input_size!r}.")
     with look(model) as session:
         if not session.is_shadow:
             raise TypeError("layers: a TorchScript model's modules cannot be hooked; pass the eager nn.Module.")
-        return list(session.layers(input_size))
+        table = list(session.layers(input_size))
+        size = tuple(input_size or session.spec.input_size or (224, 224))
+        try:
+            with torch.no_grad():
+                session.raw_forward(torch.full((1, session.channels or 3, *size), 0.5, device=session.device,
+                                               dtype=session.dtype))
+        except Exception as error:  # noqa: BLE001 - whatever the model raises, said as what it means here
+            after = f"after {table[-1].name!r}" if table else "before its first layer"
+            raise ValueError(f"input_size: the model's forward fails at {size} {after} "
+                             f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); give an "
+                             "input_size it takes.") from error
+        return table

@@ -78,6 +78,7 @@ def optimize(session: Session, param: Any, loop: Loop, counter: Steps,
     first_scale: torch.Tensor | None = None
     history = []
     waking = False
+    counter.check()  # a job cancelled before it started runs no step
     for step in range(loop.steps):
         rule = ReLURule("redirected") if waking and step < WAKE_STEPS else None
         values, grads = _gradient(session, param, loop, rule)

@@ -7,7 +7,8 @@ index or name, ``cl.logit``, ``cl.prob``) is a class visualization
 (Simonyan et al. 2014) and the result reports the model's confidence;
 with ``preset="raw"`` such images are Nguyen et al.'s fooling images.
 ``diversity`` subtracts the mean cosine similarity between the Gram matrices
-of the starts of one target at the target's layer (Olah et al. 2017).
+of the starts of one target at the target's layer (Olah et al. 2017): the
+deepest layer its objective reads, the last spatial layer for a class.
 """
 
 from __future__ import annotations
@@ -66,13 +67,22 @@ def _transform(transforms: Any, chosen: Preset, side: int, gen: torch.Generator,
 
 
 def _gram_similarity(acts: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Per image, the mean cosine similarity of its Gram matrix with the other images of its group."""
-    flat = acts.flatten(2)
+    """Per image, the mean cosine similarity of its Gram matrix with the other images of its group (a layer
+    without a grid, B×C, has one position: the Gram matrix of its vector)."""
+    flat = acts.flatten(2) if acts.dim() > 2 else acts[:, :, None]
     gram = torch.einsum("bcn,bdn->bcd", flat, flat).flatten(1) / flat.shape[-1]
     gram = torch.nn.functional.normalize(gram, dim=1)
     sim = gram @ gram.T
     same = (groups[:, None] == groups[None, :]).to(sim) - torch.eye(len(groups), device=sim.device)
     return (sim * same).sum(1) / same.sum(1).clamp(min=1)
+
+
+def _target_layer(session: Any, objective: Objective, size: tuple[int, int]) -> str:
+    """The layer a target's diversity is measured at: the deepest its objective reads, else the last spatial one."""
+    if not objective.layers:
+        return session.layer(None, size).name
+    order = {info.name: i for i, info in enumerate(session.layers(size))}
+    return max(objective.layers, key=lambda name: order.get(name, -1))
 
 
 @redone_when_weights_move
@@ -109,19 +119,22 @@ def visualize(model: torch.nn.Module, target: Any, *, preset: str = "lucid", str
         image = _param(kind, chosen, (n, s.channels or 3, *canvas), gen, s.device)
         transform = _transform(transforms, chosen, min(canvas), gen, model_size)
         combined = _Sum([(1.0, o) for o in objectives])
-        diverse_layer = None
+        diverse: dict[str, torch.Tensor] = {}  # layer → the images whose starts are kept apart there
         if diversity and starts > 1:
-            named = sorted(combined.layers)
-            diverse_layer = named[0] if named else s.layer(None, model_size).name
+            layers = [_target_layer(s, o, model_size) for o in objectives]
+            for layer in dict.fromkeys(layers):
+                mine = torch.tensor([t for t, name in enumerate(layers) if name == layer], device=s.device)
+                diverse[layer] = torch.isin(groups, mine).nonzero()[:, 0]
 
         def score(ctx: Context) -> torch.Tensor:
             values = torch.stack([o(ctx) for o in objectives]).gather(0, groups[None])[0]
-            if diverse_layer is not None:
-                values = values - diversity * _gram_similarity(ctx.activations[diverse_layer], groups)
-            return values
+            penalty = torch.zeros_like(values)
+            for layer, rows in diverse.items():
+                penalty = penalty.index_put((rows,), _gram_similarity(ctx.activations[layer][rows], groups[rows]))
+            return values - diversity * penalty
 
         loop = Loop(combined, score, steps, chosen.optimizer, chosen.lr, chosen.rules, transform, model_size,
-                    frozenset({diverse_layer}) if diverse_layer else frozenset())
+                    frozenset(diverse))
         descriptions = [objectives[int(g)].description for g in groups]
         params = {"preset": chosen.name, "strength": strength, "steps": steps, "param": kind, "size": canvas,
                   "starts": starts, "diversity": diversity, "seed": seed}
