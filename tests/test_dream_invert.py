@@ -153,6 +153,7 @@ def test_inversion_of_a_list_of_layers_gives_one_image_per_layer(shapes):
     (lambda m, x: cl.deepdream(m, x, "stage9"), "target"),
     (lambda m, x: cl.deepdream(m, x, "stage3:999"), "target"),
     (lambda m, x: cl.deepdream(m, x, "stage3", partial=3), "partial"),
+    (lambda m, x: cl.deepdream(m, x, cl.neuron("stage3", 1, 7, 7)), "target: stage3:1@y=7, x=7 sits at one position"),
     (lambda m, x: cl.invert(m, x, "stage9"), "layer"),
     (lambda m, x: cl.invert(m, x, []), "layer"),
     (lambda m, x: cl.invert(m, x, 3), "layer"),

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..core.hooks import capture
 from ..core.images import to_batch
-from ..core.objectives import Context, Logit, Objective, class_probabilities
+from ..core.objectives import Context, Logit, Neuron, Objective, _Sum, class_probabilities
 from ..core.progress import CancelToken, ProgressFn, Steps
 from ..core.results import Synthesis
 from ..core.session import Session, look, redone_when_weights_move, warn_if_out_of_range
@@ -162,6 +162,12 @@ def deepdream(model: nn.Module, image: Any, target: Any = None, *, octaves: int 
         full = tuple(original.shape[-2:])
         model_size = tuple(s.spec.input_size or full)
         objective = dream_objective(s, target, model_size)
+        terms = [t for _, t in objective.terms] if isinstance(objective, _Sum) else [objective]
+        placed = [t for t in terms if isinstance(t, Neuron) and (t.y is not None or t.x is not None)]
+        if placed:
+            raise ValueError(f"target: {placed[0].description} sits at one position of one grid, but Deep Dream "
+                             "runs its layer at every octave's size (and in tiles); dream a unit at the centre "
+                             f"(cl.neuron({placed[0].layer!r}, {placed[0].unit})) or a whole channel.")
         gen = generator(seed, torch.device("cpu"))
         sizes = octave_sizes(full, octaves, octave_scale)
         n = len(original)
