@@ -45,6 +45,18 @@ def test_receptive_fields_match_known_values():
     assert default["stage4"].receptive_field(4, 4, (64, 64)) == (11, 61, 11, 61)
 
 
+def test_an_adaptive_pool_that_upsamples_has_no_stride_grid():
+    """VGG's 7×7 adaptive pool repeats a 2×2 map at 64 px: it kept the input's 32 px stride, so unit (4, 4)'s
+    field started beyond the image (an inverted box: the DeconvNet view divided by zero on its default layer)."""
+    vgg = random_model("vgg11")
+    small = {i.name: i for i in cl.layers(vgg, 64)}
+    assert small["avgpool"].shape == (512, 7, 7) and not small["avgpool"].spatial
+    assert small["features"].spatial  # the layers before it keep their grid
+    assert {i.name: i for i in cl.layers(vgg, 224)}["avgpool"].rf_stride == 32  # 7 → 7: a grid
+    y0, y1, x0, x1 = cl.deconvnet(vgg, torch.rand(3, 64, 64), "avgpool:0").extras["patch"].tolist()
+    assert y0 < y1 and x0 < x1
+
+
 def test_channels_last_blocks_and_squeeze_excitation_gates_keep_the_layer_table_right():
     """ConvNeXt permutes to H×W×C inside its blocks; EfficientNet gates channels with a global 1×1 branch."""
     convnext = {i.name: i for i in cl.layers(random_model("convnext_tiny"), 64)}

@@ -303,5 +303,13 @@ def test_degenerate_embeddings_stay_finite_and_few_points_get_a_knn_accuracy():
     few = [(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)), i % 2) for i in range(5)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        accuracy = cl.embed(model, few, method="pca").knn_accuracy()
-    assert 0.0 <= accuracy <= 1.0
+        embedding = cl.embed(model, few, method="pca")
+        accuracy = embedding.knn_accuracy()
+    assert 0.0 <= accuracy <= 1.0 and embedding.knn_neighbours() == 2  # 5 points, 2 folds: 2 to fit on, at fewest
+    from cnnlens.widgets.embed_view import EmbeddingView
+
+    view = EmbeddingView(model, few, method="pca")
+    try:
+        assert view.wait(60) and " · 2-NN accuracy " in view.panel.title  # it said 10-NN
+    finally:
+        view.close()

@@ -800,6 +800,21 @@ def test_classes_view_shows_raw_beside_lucid_with_confidence(shapes, monkeypatch
     view.close()
 
 
+def test_class_images_are_made_at_the_size_the_model_takes():
+    """With no input size configured the view optimized at 128 px, which a head of Flatten → Linear refuses; it
+    now uses the images' size, as the Features view does."""
+    from cnnlens.widgets import ClassesView
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 30 * 30, 3)).eval()
+    view = ClassesView(model, torch.rand(3, 3, 32, 32), steps=4)
+    try:
+        assert view.wait(60) and view.runner.last_error is None and not view.raw_panel.error
+        assert tuple(view.results["raw"].images.shape[-2:]) == (32, 32)
+    finally:
+        view.close()
+
+
 def test_the_fooling_image_is_near_certain(shapes):
     from cnnlens.widgets import ClassesView
 

@@ -226,6 +226,8 @@ def _next_rf(name: str, rf: _RF, args: tuple, kwargs: dict, out_hw: tuple[int, i
     if name.lstrip("_").startswith("adaptive_") and name.endswith("pool2d"):
         inp = args[0]
         in_hw = inp.shape[-2:]
+        if any(out_hw[i] > in_hw[i] for i in range(2)):  # upsampling (VGG's 7×7 pool below 224 px): its units
+            return None  # repeat input cells unevenly, no stride places them
         k = tuple(math.ceil(in_hw[i] / out_hw[i]) for i in range(2))
         s = tuple(max(in_hw[i] // out_hw[i], 1) for i in range(2))
         return _window(rf, k, s, 0, 1)

@@ -64,10 +64,25 @@ class Embedding:
 
     def knn_accuracy(self, k: int = 10, folds: int = 5, of: str = "labels") -> float:
         """How well the 2-D points alone predict ``of`` ("labels" or "predictions"): the cross-validated
-        accuracy of a ``k``-nearest-neighbour classifier (scikit-learn), over the points where it is known."""
+        accuracy of a ``k``-nearest-neighbour classifier (scikit-learn), over the points where it is known
+        (with :meth:`knn_neighbours` neighbours: fewer than ``k`` on a few points)."""
         from sklearn.model_selection import StratifiedKFold, cross_val_score
         from sklearn.neighbors import KNeighborsClassifier
 
+        known, y, splits = self._folds(folds, of)
+        classifier = KNeighborsClassifier(n_neighbors=self.knn_neighbours(k, folds, of))
+        scores = cross_val_score(classifier, self.points[known].numpy(), y,
+                                 cv=StratifiedKFold(splits, shuffle=True, random_state=0))
+        return float(scores.mean())
+
+    def knn_neighbours(self, k: int = 10, folds: int = 5, of: str = "labels") -> int:
+        """The neighbours :meth:`knn_accuracy` uses: ``k``, or as many as its smallest training fold holds."""
+        _, y, splits = self._folds(folds, of)
+        smallest_fit = len(y) - -(-len(y) // splits)  # the points a fold's classifier is fitted on, at fewest
+        return max(1, min(k, smallest_fit))
+
+    def _folds(self, folds: int, of: str) -> tuple[torch.Tensor, np.ndarray, int]:
+        """The points where ``of`` is known, its values there, and the number of cross-validation folds."""
         if of not in ("labels", "predictions"):
             raise ValueError(f"of must be 'labels' or 'predictions', got {of!r}.")
         target = getattr(self, of)
@@ -76,12 +91,7 @@ class Embedding:
         _, sizes = np.unique(y, return_counts=True)
         if len(sizes) < 2:
             raise ValueError(f"knn_accuracy needs at least two classes among the known {of}.")
-        splits = max(2, min(folds, int(sizes.min())))
-        smallest_fit = len(y) - -(-len(y) // splits)  # the points a fold's classifier is fitted on, at fewest
-        classifier = KNeighborsClassifier(n_neighbors=max(1, min(k, smallest_fit)))
-        scores = cross_val_score(classifier, self.points[known].numpy(), y,
-                                 cv=StratifiedKFold(splits, shuffle=True, random_state=0))
-        return float(scores.mean())
+        return known, y, max(2, min(folds, int(sizes.min())))
 
     def figure(self, color: str = "labels", *, figure: Any = None):
         """A matplotlib scatter of the points coloured by ``color`` ("labels" or "predictions"), with a legend.

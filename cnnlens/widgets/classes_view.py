@@ -36,6 +36,8 @@ class ClassesView(SynthesisView):
             with look(model) as session, torch.no_grad():
                 classes = class_names(model, int(session.logits(images[0][0][None]).shape[-1]))
         self.names = [str(c) for c in classes]
+        # the size the model takes: configured, else the images' (a head of Flatten → Linear takes no other)
+        self.side = tuple(spec_of(model).input_size or images[0][0].shape[-2:])
         self.steps = steps
         self.seed = seed
         self.target = W.Dropdown(options=[(name, i) for i, name in enumerate(self.names)], value=target,
@@ -75,6 +77,7 @@ class ClassesView(SynthesisView):
                         progress(before + done, sum(totals))
 
                 result = visualize(model, k, preset=preset, strength=strength, steps=totals[i], seed=seed,
+                                   size=self.side,
                                    progress=moved, cancel=cancel,
                                    partial=lambda r, i=i: partial((finished + [r], i)))
                 finished.append(result)

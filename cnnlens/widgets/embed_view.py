@@ -161,7 +161,7 @@ class EmbeddingView(SynthesisView):
         elif state == "stopped":
             title += " · stopped"
         if knn is not None:
-            title += f" · {KNN}-NN accuracy {knn:.0%}"
+            title += f" · {knn[1]}-NN accuracy {knn[0]:.0%}"
         if known.any() and bool((embedding.predictions[known] >= 0).all()):
             title += f" (model {float((embedding.predictions[known] == embedding.labels[known]).float().mean()):.0%})"
         top = int(max(embedding.labels.max(), embedding.predictions.max())) + 1
@@ -177,10 +177,11 @@ class EmbeddingView(SynthesisView):
                                     names, title=title)
 
 
-def _knn(embedding: Embedding) -> float | None:
-    """The k-NN accuracy of the points on the labels, when at least two classes are known."""
+def _knn(embedding: Embedding) -> tuple[float, int] | None:
+    """The k-NN accuracy of the points on the labels and the neighbours it used (``KNN``, fewer on a few
+    points), when at least two classes are known."""
     try:
-        return embedding.knn_accuracy(k=KNN)
+        return embedding.knn_accuracy(k=KNN), embedding.knn_neighbours(k=KNN)
     except ValueError:
         return None
 
