@@ -218,3 +218,15 @@ def test_switches_must_be_booleans():
                            (lambda: cl.check_explanation(model, x, "saliency", sanity="yes"), "sanity")):
         with pytest.raises(TypeError, match=f"{argument} must be True or False"):
             call()
+
+
+def test_image_errors_name_the_argument_the_function_calls_image(shapes):
+    """Explanation.figure, deepdream and invert take ``image``; the shared reader's messages said ``x``."""
+    model, x = shapes
+    explanation = cl.gradcam(model, x)
+    for call in (lambda: explanation.figure("/no/such.png"), lambda: cl.deepdream(model, "/no/such.png"),
+                 lambda: cl.invert(model, "/no/such.png", "stage1")):
+        with pytest.raises(ValueError, match=r"^image: no image file at '/no/such.png'"):
+            call()
+    with pytest.raises(ValueError, match=r"^x: no image file"):
+        cl.gradcam(model, "/no/such.png")

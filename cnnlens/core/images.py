@@ -33,14 +33,15 @@ def _pil_to_array(image: Any) -> np.ndarray:
     return np.asarray(image)
 
 
-def _one_image(image: Any) -> torch.Tensor:
-    """One image → C×H×W float tensor (values as given for float input; uint8 scaled to [0, 1])."""
+def _one_image(image: Any, argument: str = "x") -> torch.Tensor:
+    """One image → C×H×W float tensor (values as given for float input; uint8 scaled to [0, 1]); errors name
+    ``argument``."""
     if isinstance(image, (str, Path)):
         from PIL import Image
 
         path = Path(image)
         if not path.is_file():
-            raise ValueError(f"x: no image file at {str(path)!r}.")
+            raise ValueError(f"{argument}: no image file at {str(path)!r}.")
         with Image.open(path) as opened:
             image = _pil_to_array(opened)
     elif type(image).__module__.startswith("PIL."):
@@ -50,27 +51,27 @@ def _one_image(image: Any) -> torch.Tensor:
         if array.dtype == np.uint8:
             array = array.astype(np.float32) / 255.0
         elif not np.issubdtype(array.dtype, np.floating):
-            raise TypeError(f"x: numpy images must be uint8 or float, got {array.dtype}.")
+            raise TypeError(f"{argument}: numpy images must be uint8 or float, got {array.dtype}.")
         if array.ndim == 2:
             array = array[None]
         elif array.ndim == 3 and array.shape[-1] in (1, 2, 3, 4) and array.shape[0] not in (1, 2, 3, 4):
             array = array.transpose(2, 0, 1)  # H×W×C → C×H×W
         elif array.ndim != 3:
-            raise ValueError(f"x: a numpy image must be H×W, H×W×C or C×H×W, got shape {array.shape}.")
+            raise ValueError(f"{argument}: a numpy image must be H×W, H×W×C or C×H×W, got shape {array.shape}.")
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     if isinstance(image, torch.Tensor):
         if image.dim() == 2:
             image = image[None]
         if image.dim() != 3:
-            raise ValueError(f"x: an image tensor must be C×H×W, got shape {tuple(image.shape)}.")
+            raise ValueError(f"{argument}: an image tensor must be C×H×W, got shape {tuple(image.shape)}.")
         if not image.is_floating_point():
             image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         return image
-    raise TypeError("x must be a tensor, numpy array, PIL image, file path, or a list of these; "
+    raise TypeError(f"{argument} must be a tensor, numpy array, PIL image, file path, or a list of these; "
                     f"got {type(image).__name__}.")
 
 
-def _fit_channels(image: torch.Tensor, channels: int | None, rgb_like: bool) -> torch.Tensor:
+def _fit_channels(image: torch.Tensor, channels: int | None, rgb_like: bool, argument: str = "x") -> torch.Tensor:
     c = image.shape[0]
     if channels is None or c == channels:
         return image
@@ -80,16 +81,17 @@ def _fit_channels(image: torch.Tensor, channels: int | None, rgb_like: bool) -> 
         return image[:3] if c == 4 else image[:1].expand(3, -1, -1)  # drop alpha
     if channels == 1 and c in (3, 4) and rgb_like:
         return (image[:3] * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1).to(image)).sum(0, keepdim=True)
-    raise ValueError(f"x has {c} channels; the model expects {channels} (the in_channels of its first convolution "
-                     f"module). If the model takes {c}-channel images (its stem is written with F.conv2d, or another "
-                     f"convolution is registered first), tell cnnlens: cnnlens.configure(model, channels={c}).")
+    raise ValueError(f"{argument} has {c} channels; the model expects {channels} (the in_channels of its first "
+                     f"convolution module). If the model takes {c}-channel images (its stem is written with "
+                     "F.conv2d, or another convolution is registered first), tell cnnlens: "
+                     f"cnnlens.configure(model, channels={c}).")
 
 
 def to_batch(x: Any, *, channels: int | None, size: tuple[int, int] | None,
-             device: torch.device, dtype: torch.dtype) -> Batch:
-    """Turn any supported image input into a :class:`Batch` on ``device``."""
+             device: torch.device, dtype: torch.dtype, argument: str = "x") -> Batch:
+    """Turn any supported image input into a :class:`Batch` on ``device``; errors name ``argument``."""
     if isinstance(x, (torch.Tensor, np.ndarray)) and x.ndim == 4 and x.shape[0] == 0:
-        raise ValueError("x is an empty batch (0 images); give at least one image.")
+        raise ValueError(f"{argument} is an empty batch (0 images); give at least one image.")
     if (isinstance(x, torch.Tensor) and x.dim() in (3, 4) and x.is_floating_point()
             and (channels is None or x.shape[-3] == channels) and x.numel() > 0
             and (size is None or tuple(x.shape[-2:]) == tuple(size))):
@@ -105,20 +107,20 @@ def to_batch(x: Any, *, channels: int | None, size: tuple[int, int] | None,
         images, single = list(x), False
     elif isinstance(x, (list, tuple)):
         if not x:
-            raise ValueError("x is an empty list; give at least one image.")
+            raise ValueError(f"{argument} is an empty list; give at least one image.")
         images, single = list(x), False
     else:
         images = [x]
     tensors = []
     for image in images:
         rgb_like = not isinstance(image, torch.Tensor)
-        tensors.append(_fit_channels(_one_image(image), channels, rgb_like))
+        tensors.append(_fit_channels(_one_image(image, argument), channels, rgb_like, argument))
     sizes = [tuple(t.shape[-2:]) for t in tensors]
     if any(min(s) < 1 for s in sizes):
-        raise ValueError(f"x has an empty spatial size {sizes[0]}.")
+        raise ValueError(f"{argument} has an empty spatial size {sizes[0]}.")
     target = size
     if target is None and len(set(sizes)) > 1:
-        raise ValueError(f"x: images of different sizes {sorted(set(sizes))} need a common input_size; "
+        raise ValueError(f"{argument}: images of different sizes {sorted(set(sizes))} need a common input_size; "
                          "set one with cnnlens.configure(model, input_size=...).")
     out = []
     for t in tensors:

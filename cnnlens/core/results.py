@@ -53,7 +53,8 @@ class Explanation:
         maps = self.map if self.map.dim() == 3 else self.map[None]
         images = None
         if image is not None:
-            images = to_batch(image, channels=None, size=None, device=torch.device("cpu"), dtype=torch.float32).x
+            images = to_batch(image, channels=None, size=None, device=torch.device("cpu"), dtype=torch.float32,
+                              argument="image").x
             if len(images) != len(maps):
                 raise ValueError(f"image: {len(images)} image(s) for {len(maps)} map(s).")
         fig = figure if figure is not None else matplotlib.figure.Figure()

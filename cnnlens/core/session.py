@@ -124,10 +124,11 @@ class Session:
 
     # --- input and output ---------------------------------------------------------------------
 
-    def prepare(self, x: Any) -> Batch:
+    def prepare(self, x: Any, argument: str = "x") -> Batch:
         """Any image input → a :class:`Batch` at the model's size, on its device (a warning when its values do
-        not look like [0, 1] images)."""
-        batch = to_batch(x, channels=self.channels, size=self.spec.input_size, device=self.device, dtype=self.dtype)
+        not look like [0, 1] images); errors name ``argument``."""
+        batch = to_batch(x, channels=self.channels, size=self.spec.input_size, device=self.device, dtype=self.dtype,
+                         argument=argument)
         warn_if_out_of_range(batch.x, self.spec.mean is not None)
         return batch
 

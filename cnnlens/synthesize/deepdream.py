@@ -156,7 +156,7 @@ def deepdream(model: nn.Module, image: Any, target: Any = None, *, octaves: int 
     if partial is not None and not callable(partial):
         raise TypeError(f"partial must be a callable or None, got {type(partial).__name__}.")
     with look(model) as s:
-        batch = to_batch(image, channels=s.channels, size=None, device=s.device, dtype=s.dtype)
+        batch = to_batch(image, channels=s.channels, size=None, device=s.device, dtype=s.dtype, argument="image")
         warn_if_out_of_range(batch.x, s.spec.mean is not None)
         original = batch.x.clamp(0, 1)
         full = tuple(original.shape[-2:])

@@ -124,7 +124,7 @@ def invert(model: nn.Module, image: Any, layer: Any, *, steps: int | None = None
     if not layers:
         raise ValueError("layer: give at least one layer (a name such as 'stage2', or a module of the model).")
     with look(model) as s:
-        x0 = s.prepare(image).x.clamp(0, 1)
+        x0 = s.prepare(image, "image").x.clamp(0, 1)
         size = tuple(x0.shape[-2:])
         infos = []
         for item in layers:
