@@ -35,6 +35,7 @@ _SIZE_ERRORS = ("mat1 and mat2 shapes cannot be multiplied", "Calculated padded 
 _TABLES: weakref.WeakKeyDictionary[nn.Module, OrderedDict[tuple[int, int], list[LayerInfo]]] = \
     weakref.WeakKeyDictionary()
 _PROBE_SECONDS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], float]] = weakref.WeakKeyDictionary()
+_PROBE_FAILURES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], str]] = weakref.WeakKeyDictionary()
 MAX_TABLES = 8  # layer tables kept per model (one per input size, least recently used dropped)
 DEFAULT_BATCH = 64  # images per forward of the batched methods, unless the heap asks for fewer
 HEAP_BLOCK = 32 * 2**20  # glibc's largest heap block (M_MMAP_THRESHOLD's ceiling on 64-bit); larger allocations
@@ -225,12 +226,28 @@ class Session:
             tables.move_to_end(size)
         else:
             probe = torch.full((1, self.channels or 3, *size), 0.5, device=self.device, dtype=self.dtype)
+            failures = _PROBE_FAILURES.setdefault(self._shared, {})
+            failures.pop(size, None)
+
+            def forward(x: torch.Tensor) -> Any:
+                """The probe's forward, remembering why it failed (the probe describes the layers that ran)."""
+                try:
+                    return self.raw_forward(x)
+                except Exception as error:  # noqa: BLE001 - kept as text, re-raised for the probe to stop at
+                    failures[size] = str(error).splitlines()[0] if str(error) else type(error).__name__
+                    raise
+
             start = time.perf_counter()
-            tables[size] = probe_layers(self.net, self.raw_forward, probe)
+            tables[size] = probe_layers(self.net, forward, probe)
             _PROBE_SECONDS.setdefault(self._shared, {})[size] = time.perf_counter() - start
             while len(tables) > MAX_TABLES:
                 tables.popitem(last=False)
         return tables[size]
+
+    def probe_failure(self, size: tuple[int, int]) -> str | None:
+        """Why the layer-table probe forward failed at ``size`` (its table stops there), or None."""
+        self.layers(size)
+        return _PROBE_FAILURES.get(self._shared, {}).get(tuple(size))
 
     def probe_seconds(self, size: tuple[int, int]) -> float:
         """How long the layer-table probe forward took at ``size`` (an upper bound of one forward's time)."""
@@ -355,15 +372,11 @@ def layers(model: nn.Module, input_size: int | tuple[int, int] | None = None) ->
     with look(model) as session:
         if not session.is_shadow:
             raise TypeError("layers: a TorchScript model's modules cannot be hooked; pass the eager nn.Module.")
-        table = list(session.layers(input_size))
         size = tuple(input_size or session.spec.input_size or (224, 224))
-        try:
-            with torch.no_grad():
-                session.raw_forward(torch.full((1, session.channels or 3, *size), 0.5, device=session.device,
-                                               dtype=session.dtype))
-        except Exception as error:  # noqa: BLE001 - whatever the model raises, said as what it means here
+        table = list(session.layers(size))
+        failure = session.probe_failure(size)
+        if failure is not None:
             after = f"after {table[-1].name!r}" if table else "before its first layer"
-            raise ValueError(f"input_size: the model's forward fails at {size} {after} "
-                             f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); give an "
-                             "input_size it takes.") from error
+            raise ValueError(f"input_size: the model's forward fails at {size} {after} ({failure}); give an "
+                             "input_size it takes.")
         return table

@@ -108,19 +108,16 @@ def _fill(mask_value: Any, x: torch.Tensor, mask_size: int, dataset_mean: tuple[
 
 def _windows(starts: torch.Tensor, mask_size: int, size: tuple[int, int]) -> torch.Tensor:
     """b×H×W boolean masks for the (y0, x0) rows of ``starts`` (b×2)."""
-    h, w = size
-    rows = torch.arange(h, device=starts.device)
-    cols = torch.arange(w, device=starts.device)
-    in_y = (rows[None] >= starts[:, :1]) & (rows[None] < starts[:, :1] + mask_size)
-    in_x = (cols[None] >= starts[:, 1:]) & (cols[None] < starts[:, 1:] + mask_size)
+    in_y = _covers(starts[:, 0], mask_size, size[0], starts.device).T
+    in_x = _covers(starts[:, 1], mask_size, size[1], starts.device).T
     return in_y[:, :, None] & in_x[:, None, :]
 
 
-def _covers(starts: list[int], mask_size: int, length: int, device: torch.device) -> torch.Tensor:
-    """length×n: 1.0 where the mask started at each of ``starts`` covers the pixel along this side."""
+def _covers(starts: list[int] | torch.Tensor, mask_size: int, length: int, device: torch.device) -> torch.Tensor:
+    """length×n: True where the mask started at each of ``starts`` covers the pixel along this side."""
     pixels = torch.arange(length, device=device)[:, None]
-    first = torch.tensor(starts, device=device)[None]
-    return ((pixels >= first) & (pixels < first + mask_size)).double()
+    first = torch.as_tensor(starts, device=device)[None]
+    return (pixels >= first) & (pixels < first + mask_size)
 
 
 def _checked(mask_size: int | None, stride: int | None, mask_value: Any, size: tuple[int, int]) -> tuple[int, int]:
@@ -668,7 +665,7 @@ class _Run:
         places = [(y, x) for y in ys for x in xs]
         b = len(self.images)
         grids, labels = self._drilled(ys, xs) if self.refine is not None else self._computed(places)
-        in_y, in_x = _covers(ys, self.mask_size, h, device), _covers(xs, self.mask_size, w, device)
+        in_y, in_x = (_covers(s, self.mask_size, n, device).double() for s, n in ((ys, h), (xs, w)))
         shape = (b, len(ys), len(xs))
         # the window-mean map: a window is a row band times a column band, so the sums over windows separate
         sums = torch.einsum("hy,byx,wx->bhw", in_y, grids["target"].view(shape).double(), in_x)
