@@ -34,7 +34,8 @@ import torchvision
 
 import cnnlens as cl
 from cnnlens.core.session import look
-from cnnlens.explain.incremental import Incremental, graph_of
+from cnnlens.explain.incremental import Incremental
+from cnnlens.explain.incremental_graph import graph_of
 from cnnlens.explain.occlusion import plain_batch, positions
 from cnnlens.explain.position_grid import grid_ssim, linear_weights
 

@@ -149,7 +149,7 @@ def profile_default() -> list[tuple[str, float, int]]:
 def reductions() -> list[tuple[str, float]]:
     """Milliseconds of the per-layer reductions a scan can run, on one 64×16×64×64 activation (a batch of the
     default model's first stage): what the scan runs, what it ran before, and a cheaper histogram."""
-    from cnnlens.dataset.scan import _histogram
+    from cnnlens.dataset.scan_lists import histogram as _histogram
 
     flat = torch.randn(BATCH, 16, 64 * 64, generator=torch.Generator().manual_seed(0))
 

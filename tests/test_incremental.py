@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import weakref
 
 import pytest
@@ -14,10 +13,10 @@ import torchvision
 
 import cnnlens as cl
 from cnnlens.explain import incremental as engine_module
+from cnnlens.explain import incremental_graph as graph_module
+from cnnlens.explain import occlusion_run
 
 from .conftest import assert_unchanged, random_model, snapshot
-
-occlusion_module = sys.modules["cnnlens.explain.occlusion"]  # (the package exports the function by that name)
 
 MAPS = ("unit_map", "drop_map", "log_map", "mean_map")
 
@@ -202,7 +201,7 @@ def test_rectangles_that_cover_their_map_switch_to_full_maps(default):
     starts = torch.tensor([[0, 0], [24, 24], [48, 40]])
     kinds: dict[str, str] = {}
     with look(model) as s, torch.no_grad():
-        engine = engine_module.Incremental(s.net, engine_module.graph_of(s.net, s._shared), None)
+        engine = engine_module.Incremental(s.net, graph_module.graph_of(s.net, s._shared), None)
         net_x = s.net_input(x)
         engine.clean(net_x)
         step = engine._step
@@ -250,10 +249,10 @@ def test_auto_times_a_batch_where_the_work_saved_is_modest(default, monkeypatch,
     """Where the engine saves some work but not clearly enough, "auto" runs the first batch in full too, timed,
     and keeps whichever was faster (``_FASTER``); the map is the full forward's either way."""
     model, data = default
-    monkeypatch.setattr(occlusion_module, "_WORTH", math.inf)  # no saving is clear enough
-    monkeypatch.setattr(occlusion_module, "_TIMED_FROM", 0.0)  # every saving is timed
-    monkeypatch.setattr(occlusion_module, "_FASTER", faster)  # 0: the engine wins; inf: full re-inference wins
-    monkeypatch.setattr(occlusion_module, "_DECISIONS", weakref.WeakKeyDictionary())  # nothing decided yet
+    monkeypatch.setattr(occlusion_run, "_WORTH", math.inf)  # no saving is clear enough
+    monkeypatch.setattr(occlusion_run, "_TIMED_FROM", 0.0)  # every saving is timed
+    monkeypatch.setattr(occlusion_run, "_FASTER", faster)  # 0: the engine wins; inf: full re-inference wins
+    monkeypatch.setattr(occlusion_run, "_DECISIONS", weakref.WeakKeyDictionary())  # nothing decided yet
     result = cl.occlusion(model, data.images[2], 1, mask_size=16, stride=6)
     assert result.params["inference"] == ("incremental" if faster == 0 else "full")
     monkeypatch.undo()
@@ -353,7 +352,7 @@ def test_first_order_estimates_at_cuts_are_gradient_times_change(default):
     x = data.images[3][None]
     starts = torch.tensor([[0, 0], [20, 30], [48, 48]])
     with look(model) as s, torch.no_grad():
-        graph = engine_module.graph_of(s.net, s._shared)
+        graph = graph_module.graph_of(s.net, s._shared)
         engine = engine_module.Incremental(s.net, graph, None)
         engine.clean(s.net_input(x))
         engine.slope(lambda out: torch.log_softmax(out.double(), 1)[0, 2])
@@ -410,7 +409,7 @@ def test_quality_on_a_large_map_may_stand_a_first_order_estimate_in(default):
     assert fast.params["cut"] == "stage2_relu1" and fast.params["calibration"].startswith("first-order")
     assert grid_ssim(fast.raw.numpy(), exact.raw.numpy()) >= 0.9
     assert 0 <= float(fast.raw.min()) and float(fast.raw.max()) <= 1  # estimated or not, a probability
-    assert fast.params["sampled"] <= occlusion_module._SAMPLE_MOST * len(occlusion_module._DRILLS)
+    assert fast.params["sampled"] <= occlusion_run._SAMPLE_MOST * len(occlusion_run._DRILLS)
     again = cl.occlusion(model, x, label, mask_size=8, stride=1, quality=0.9)
     assert torch.equal(again.raw, fast.raw) and again.params == fast.params
 
@@ -523,7 +522,7 @@ def test_tracing_leaves_forwards_in_other_threads_alone():
     thread = threading.Thread(target=loop)
     thread.start()
     try:
-        sizes = {len(engine_module._traced_in_this_thread(net).nodes) for net in copies}
+        sizes = {len(graph_module._traced_in_this_thread(net).nodes) for net in copies}
     finally:
         stop.set()
         thread.join()
