@@ -11,7 +11,7 @@ from .core.model import InputSpec, LayerInfo, configure
 from .core.objectives import Objective, channel, direction, logit, neuron, predicted, prob
 from .core.progress import Cancelled, CancelToken
 from .core.results import Explanation, Prediction, Synthesis
-from .core.session import layers
+from .core.session import InputRangeWarning, layers
 from .dataset import monitor
 from .dataset.checks import ExplanationChecks, SanityCheck, check_explanation, sanity_check
 from .dataset.embed import Embedder, Embedding, embed
@@ -50,7 +50,8 @@ __all__ = [
     "Scan", "scan",
     "Curve", "ExplanationChecks", "SanityCheck", "check_explanation", "deletion", "insertion", "mask_overlap",
     "pointing_game", "sanity_check",
-    "METHODS", "CancelToken", "Cancelled", "Explanation", "InputSpec", "LayerInfo", "Lens", "Objective", "Prediction",
+    "METHODS", "CancelToken", "Cancelled", "Explanation", "InputRangeWarning", "InputSpec", "LayerInfo", "Lens",
+    "Objective", "Prediction",
     "Synthesis", "alpha_norm", "deepdream", "demo", "invert", "l1", "l2", "total_variation", "visualize",
     "cam", "channel", "configure", "deconvnet", "direction", "gradcam", "guided_backprop", "input_x_gradient",
     "integrated_gradients", "layers", "lime", "logit", "neuron", "occlusion", "predicted", "prob", "saliency",

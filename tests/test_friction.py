@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import cnnlens as cl
-from cnnlens.core.session import InputRangeWarning
 
 from .conftest import random_model
+
+InputRangeWarning = cl.InputRangeWarning  # public: users filter it by this name
 
 
 def test_an_already_normalized_or_0_255_image_gets_a_warning_that_says_what_is_expected():

@@ -23,7 +23,8 @@ Memory is bounded by ``batch_size`` × H × W whatever the number of
 positions: windows are built per batch, and the maps are made from the
 per-position grid by separable sums (a window is a row band times a column
 band).
-``partial`` receives a coarse map (stride = mask size) before the final one.
+``partial`` receives coarser maps (two positions per side, then a stride of about the mask size) before the
+final one.
 
 ``mean_map`` is the attribution convention of captum's ``Occlusion``: per
 pixel, the mean of the target over the mask positions covering it. It is
