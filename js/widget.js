@@ -4,6 +4,7 @@
 
 import { COLORMAPS, blend, lut, range, toIndices, view } from "./colormaps.js";
 import { atlasTile, byGroup, fitPoints, nearest } from "./scatter.js";
+import { displayScale, smoothShrink } from "./sizing.js";
 
 function el(tag, cls, parent) {
   const node = document.createElement(tag);
@@ -29,13 +30,15 @@ function cmapName(model) {
   return index >= 0 && index < COLORMAPS.length ? COLORMAPS[index] : model.get("cmap");
 }
 
-function drawPixels(canvas, pixels, w, h, size) {
+// `whole`: a grid of tiles, shown at a whole multiple of its pixels (see sizing.js).
+function drawPixels(canvas, pixels, w, h, size, whole = false) {
   canvas.width = w;
   canvas.height = h;
   canvas.getContext("2d").putImageData(new ImageData(pixels, w, h), 0, 0);
-  const scale = size / Math.max(w, h);
+  const scale = displayScale(size, w, h, whole);
   canvas.style.width = `${Math.round(w * scale)}px`;
   canvas.style.height = `${Math.round(h * scale)}px`;
+  canvas.style.imageRendering = smoothShrink(scale, whole) ? "auto" : "";
 }
 
 function drawRect(canvas, rect, w, h) {
@@ -148,15 +151,18 @@ function renderGrid(model, ui) {
       }
     }
   }
-  drawPixels(ui.canvas, pixels, W, H, model.get("size"));
+  drawPixels(ui.canvas, pixels, W, H, model.get("size"), true);
   const chosen = model.get("selected");
   if (chosen >= 0 && chosen < count) {  // outline the selected tile
     const ctx = ui.canvas.getContext("2d");
     ctx.strokeStyle = "#00e5ff";
     ctx.lineWidth = Math.max(1, Math.round(Math.max(tw, th) / 32));
     const inset = ctx.lineWidth / 2;
+    // with a zoom box, the part around it as wide as its margins (the frame, not a caption strip below)
+    const box = model.get("zoom_box");
+    const [oh, ow] = box.length === 4 ? [Math.min(th, 2 * box[0] + box[2]), Math.min(tw, 2 * box[1] + box[3])] : [th, tw];
     ctx.strokeRect((chosen % cols) * (tw + gap) + inset, Math.floor(chosen / cols) * (th + gap) + inset,
-      tw - 2 * inset, th - 2 * inset);
+      ow - 2 * inset, oh - 2 * inset);
   }
   const zoom = (t) => {
     ui.zoom.hidden = true;
@@ -178,7 +184,7 @@ function renderGrid(model, ui) {
     const [top, left, zh, zw] = model.get("zoom_box").length === 4 ? model.get("zoom_box") : [0, 0, th, tw];
     const part = new Uint8ClampedArray(zh * zw * 4);
     for (let r = 0; r < zh; r++) part.set(px.subarray(((top + r) * tw + left) * 4, ((top + r) * tw + left + zw) * 4), r * zw * 4);
-    drawPixels(ui.zoom, part, zw, zh, Math.min(model.get("size"), 192));
+    drawPixels(ui.zoom, part, zw, zh, Math.min(model.get("size"), 192), true);
     // a heat tile's range is its scale; a picture drawn as it is (in [0, 1]) has none worth reading
     ui.zoomInfo.textContent = stretch ? `#${t}: min ${lo.toPrecision(3)}, max ${hi.toPrecision(3)}` : "";
     ui.zoom.hidden = false;
@@ -384,6 +390,20 @@ function render({ model, el: root }) {
       root.dataset.renderCount = String(count);
     }
     root.dataset.kind = kind;
+    fitTitle();
+  };
+  // A title wraps within its picture's width: beside another panel it must not run into that one's title.
+  const fitTitle = () => {
+    const width = ui.canvas.hidden ? 0 : parseFloat(ui.canvas.style.width) || 0;
+    ui.title.style.maxWidth = width ? `${Math.max(width, 240)}px` : "";
+  };
+  // The final result of a job may carry the same picture as its last partial one: no data event, no
+  // redraw; its markers still change.
+  const markers = () => {
+    if (count === 0) return;
+    root.dataset.computeMs = String(model.get("compute_ms"));
+    root.dataset.results = String(model.get("results"));
+    root.dataset.partial = String(model.get("partial"));
   };
   const showStatus = () => {
     const state = model.get("status");
@@ -433,6 +453,8 @@ function render({ model, el: root }) {
   const markStale = () => { stale = true; };
   newData.forEach((e) => model.on(e, markStale));
   statusEvents.forEach((e) => model.on(e, showStatus));
+  const markerEvents = ["change:partial", "change:results", "change:compute_ms"];
+  markerEvents.forEach((e) => model.on(e, markers));
   draw();
   showStatus();
   return () => {
@@ -440,6 +462,7 @@ function render({ model, el: root }) {
     events.forEach((e) => model.off(e, schedule));
     newData.forEach((e) => model.off(e, markStale));
     statusEvents.forEach((e) => model.off(e, showStatus));
+    markerEvents.forEach((e) => model.off(e, markers));
   };
 }
 

@@ -19,7 +19,15 @@ import cnnlens as cl
 from cnnlens.core.progress import Cancelled
 from cnnlens.core.session import look
 from cnnlens.widgets import scan_views
-from cnnlens.widgets.scan_views import ClassImagesView, SharedScan, TopImagesView, field_window, fit, hit_projections
+from cnnlens.widgets.scan_views import (
+    ClassImagesView,
+    SharedScan,
+    TopImagesView,
+    field_window,
+    fit,
+    hit_projections,
+    probability_text,
+)
 
 from .conftest import assert_unchanged, random_model, snapshot
 
@@ -141,8 +149,7 @@ def test_class_images_are_the_scans_class_lists_with_scores_as_captions(shapes, 
         assert expected and view.lists[part] == expected
         grid = view.rows[part]
         assert shown_indices(view, grid) == [h.index for h in expected] and grid.shape[0] == len(expected)
-        assert grid.captions[0].endswith(f"{expected[0].score:.2f}" if expected[0].score >= 0.01
-                                         else f"{expected[0].score:.0e}")
+        assert grid.captions[0].endswith(probability_text(expected[0].score))
         assert grid.size == 72 * len(expected)
         np.testing.assert_allclose(tiles(grid)[0], mislabelled[expected[0].index][0].numpy(), atol=1e-6)
     wrong = result.class_wrong(star)[0]
@@ -430,3 +437,11 @@ def test_views_leave_a_model_mid_training_untouched(shapes, which):
     finally:
         handle.remove()
         model.eval()
+
+
+def test_small_probabilities_keep_three_digits_and_never_break_inside_a_caption():
+    assert probability_text(0.4567) == "0.46"
+    text = probability_text(0.00104)
+    assert text == "1.04e\u201103" and probability_text(0.00096) != text  # one digit made both "1e-03"
+    assert "-" not in text and " " not in text  # a non-breaking hyphen: the caption wraps between words only
+

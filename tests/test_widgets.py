@@ -13,6 +13,7 @@ from torch import nn
 
 import cnnlens as cl
 from cnnlens.widgets import ActivationsView, AttributionView, DeconvView, OcclusionView, Panel
+from cnnlens.widgets.attribution import MAX_COMPARE
 from cnnlens.widgets.live import LiveRunner
 
 
@@ -186,9 +187,21 @@ def test_compare_mode_shows_each_method_and_an_error_only_where_one_fails(shapes
     assert saliency.title.startswith("Gradient saliency") and saliency.error == "" and saliency.heat
     assert "gradcam" in cam.error  # CAM's message names the method that works on any head
     assert integrated.error == "" and view.display[2].value  # a signed method turns the signed display on
+    assert view.display[0].value == "RdBu_r"  # centred on 0: magma would put 0 at its middle, muddying the rest
     view.compare.value = ()
     assert view.wait(60) and view.panel.layout.display != "none"
     assert all(p.layout.display == "none" for p in view.compare_panels)
+    assert not view.display[2].value and view.display[0].value == "magma"  # Grad-CAM's own display again
+
+
+def test_compare_keeps_its_selection_to_the_panels_it_has(shapes):
+    model, data = shapes
+    view = AttributionView(model, data)
+    chosen = ("saliency", "deconvnet", "cam", "gradcam", "occlusion")
+    view.compare.value = chosen
+    assert view.wait(120)
+    assert view.compare.value == chosen[:MAX_COMPARE] and str(MAX_COMPARE) in view.compare.tooltip
+    assert sum(p.layout.display != "none" for p in view.compare_panels) == MAX_COMPARE
 
 
 def test_a_label_map_over_1000_classes_lists_only_the_labels_present_in_distinct_colours():
@@ -918,6 +931,9 @@ def test_dream_view_controls_reach_the_engine_and_the_dream_streams(shapes, monk
     view.index.value = 4  # the dream follows the image picker
     assert view.wait(60) and torch.equal(calls[-1][0][0], data.images[4])
     assert view.filename() == "dream_stage3_5.png" and view.png()[:4] == b"\x89PNG"
+    view.steps.value, view.octave_scale.value = 1, 2.0
+    view.octaves.value = 8  # 64 px halved 7 times: below 16 px from the 4th octave down, left out and said so
+    assert view.wait(60) and "3 of 8 octaves (smaller than 16 px left out)" in view.dream_panel.title
     view.close()
 
 

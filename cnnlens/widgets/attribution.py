@@ -48,7 +48,9 @@ class AttributionView(View):
         self.method_box = W.HBox([])
         self.display = display_controls()
         self.compare = W.SelectMultiple(options=[(m.label, m.name) for m in METHODS.values()],
-                                        description="compare", rows=4)
+                                        description="compare", rows=4,
+                                        tooltip=f"up to {MAX_COMPARE} methods side by side (ctrl-click)")
+        self._compared = False  # the last refresh compared methods (its display was chosen for them)
         self.panel = Panel("heatmap", "attribution")
         self.compare_panels = [Panel("heatmap", "") for _ in range(MAX_COMPARE)]
         self._links = [link for panel in [self.panel, *self.compare_panels]
@@ -98,10 +100,15 @@ class AttributionView(View):
         self.method_box.children = list(self.method_controls.values())
         self._forget(old)
         self.layer.layout.display = None if info.has_layer else "none"
-        self.display[2].value = info.signed  # display controls are linked in the browser: no recompute
-        self.display[0].value = "RdBu_r" if info.signed else "magma"
+        self._show_signed(info.signed)
         if refresh:
             self.refresh()
+
+    def _show_signed(self, signed: bool) -> None:
+        """The display for signed maps (a diverging colormap centred on 0) or unsigned ones; display controls
+        are linked in the browser: no recompute."""
+        self.display[2].value = signed
+        self.display[0].value = "RdBu_r" if signed else "magma"
 
     def _forget(self, widgets: list[W.Widget]) -> None:
         """Unobserve and close a method's controls that were replaced."""
@@ -116,9 +123,15 @@ class AttributionView(View):
         layer = self.layer.value
         options = {name: w.value for name, w in self.method_controls.items()}
         chosen = METHODS[self.method.value]
-        compared = [METHODS[n] for n in self.compare.value][:MAX_COMPARE]
+        compared = [METHODS[n] for n in self.compare.value]
+        if len(compared) > MAX_COMPARE:  # one panel per method: the selection itself keeps to the panels
+            self.compare.value = self.compare.value[:MAX_COMPARE]  # (observed: refreshes with these)
+            return
         if compared:  # signed maps (IG, LIME, input×gradient) need the signed display to show their negative part
-            self.display[2].value = any(info.signed for info in compared)
+            self._show_signed(any(info.signed for info in compared))
+        elif self._compared:  # back to one method: its own display
+            self._show_signed(chosen.signed)
+        self._compared = bool(compared)
         model = self.model
 
         def job(target, image, progress, cancel, partial):

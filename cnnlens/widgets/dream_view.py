@@ -8,7 +8,7 @@ import ipywidgets as W
 import torch
 
 from ..core.objectives import channel
-from ..synthesize.deepdream import deepdream
+from ..synthesize.deepdream import MIN_OCTAVE_SIDE, deepdream
 from .base import Images, spatial_layers
 from .panel import Panel
 from .synthesis import SynthesisView, save_button, style
@@ -78,6 +78,9 @@ class DreamView(SynthesisView):
             total = len(result.params["octave_sizes"])
             if state == "done":
                 where = f"{total} octaves × {options['steps']} steps"
+                if total < options["octaves"]:  # the smallest would be under MIN_OCTAVE_SIDE: left out, said so
+                    where = f"{total} of {options['octaves']} octaves (smaller than {MIN_OCTAVE_SIDE} px left out) " \
+                            f"× {options['steps']} steps"
             else:
                 octave, step = result.params["octave"], result.params["step"]
                 where = f"{'stopped at ' if state == 'stopped' else ''}octave {octave}/{total}, " \

@@ -400,6 +400,13 @@ def info_side(info: LayerInfo, size: tuple[int, int]) -> tuple[int, int]:
     return min(info.rf_size, size[0]), min(info.rf_size, size[1])
 
 
+def probability_text(p: float) -> str:
+    """A probability in a caption a few characters wide: two decimals, or, below 0.01, three significant digits
+    (a random model's 1,000 probabilities all round to "1e-03" with one) with a non-breaking hyphen in the
+    exponent, so that a caption wraps between words, never inside the number."""
+    return f"{p:.2f}" if p >= 0.01 else f"{p:.2e}".replace("-", "\u2011")
+
+
 class ClassImagesView(_ScanView):
     """A class → the images the model scores highest and lowest for it, and the most confidently wrong ones
     (labelled another class, predicted as this one), each captioned with the class probability. Clicking
@@ -503,7 +510,7 @@ class ClassImagesView(_ScanView):
 
     def _caption(self, part: str, hit: ClassHit) -> str:
         """The probability, after the label where it says something (label → prediction for a wrong one)."""
-        score = f"{hit.score:.2f}" if hit.score >= 0.01 else f"{hit.score:.0e}"
+        score = probability_text(hit.score)
         if part == "wrong":
             return f"{self._name(hit.label)} → {self._name(hit.prediction)} {score}"
         if hit.label is None or (part == "top" and hit.label == self.cls.value):
