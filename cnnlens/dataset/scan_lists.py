@@ -107,7 +107,7 @@ class ClassState:
     predictions: dict[int, int] = field(default_factory=dict)
 
 
-def new_state(grid: tuple[int, int], units: int, k: int, statistics: bool) -> LayerState:
+def new_layer_state(grid: tuple[int, int], units: int, k: int, statistics: bool) -> LayerState:
     state = LayerState(grid, Best.empty(units, k), Best.empty(units, k))
     if statistics:
         state.sums = torch.zeros(units, dtype=torch.float64)
@@ -116,7 +116,7 @@ def new_state(grid: tuple[int, int], units: int, k: int, statistics: bool) -> La
     return state
 
 
-def copy_state(state: LayerState) -> LayerState:
+def copy_layer_state(state: LayerState) -> LayerState:
     def copied(best: Best) -> Best:
         return Best(best.values.clone(), best.index.clone(), best.extra.clone())
     return LayerState(state.grid, copied(state.top), copied(state.bottom),

@@ -16,7 +16,7 @@ from ..core.objectives import class_probabilities
 from ..core.progress import Steps
 from ..core.session import select_output
 from ..core.shadow import named_modules
-from .scan_lists import LAST, Best, ClassState, LayerState, copy_state, histogram, new_state, prune
+from .scan_lists import LAST, Best, ClassState, LayerState, copy_layer_state, histogram, new_layer_state, prune
 
 
 class Lists:
@@ -126,7 +126,7 @@ def run_scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: 
         # a reused module is its last call, whatever the width and grid of its earlier ones (the first batch sees all)
         if name not in states or (lists is None and call > 1):
             grid = tuple(output.shape[-2:]) if output.dim() == 4 else (1, 1)
-            states[name] = new_state(grid, units, k, statistics)
+            states[name] = new_layer_state(grid, units, k, statistics)
         elif states[name].top.values.shape[0] != units:
             raise ValueError(f"layers: {name!r} changed its number of units between batches.")
         blockwise = size % _BLOCK == 0 and size >= 16 * _BLOCK  # large maps: positions found in blocks
@@ -214,7 +214,7 @@ def run_scan(s: Any, chunks: Any, layers: Any, k: int, statistics: bool, steps: 
     for name in hooked:
         states[name].top, states[name].bottom = lists.layer(name)
     for alias, original in aliases.items():
-        states[alias] = copy_state(states[original])
+        states[alias] = copy_layer_state(states[original])
     states = {name: states[name] for name in names or []}
     if classes is not None:
         classes = prune(classes)
