@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -25,6 +26,8 @@ def test_gallery_renders_every_method(tmp_path, capsys):
     synthesis = (tmp_path / "synthesis.html").read_text()
     assert "synthesis.html" in index and synthesis.count("fooling image") >= 8 and "stage4:7" in synthesis
     assert len(list(tmp_path.glob("synth_lucid_*.png"))) == 8
+    confidences = [float(p) for p in re.findall(r"class visualization; the model says \w+ with ([\d.]+)%", synthesis)]
+    assert len(confidences) == 8 and min(confidences) >= 80, confidences  # every class's picture reaches it
 
 
 def test_layers_and_bad_arguments(capsys):
