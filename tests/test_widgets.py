@@ -937,6 +937,33 @@ def test_dream_view_controls_reach_the_engine_and_the_dream_streams(shapes, monk
     view.close()
 
 
+def test_a_synthesis_job_pauses_while_its_tab_is_left_and_goes_on_when_it_is_back(shapes):
+    """Leaving the tab holds the job at its next step (the tab in view gets the CPU); coming back goes on from
+    there, not from scratch; a paused job is still stopped by a newer one or by close()."""
+    from cnnlens.widgets import FeaturesView
+
+    model, data = shapes
+    view = FeaturesView(model, data, layer="stage2", unit=3, steps=400, size=48, neighbours=0, active=False)
+    titles = titles_of(view.image_panel)
+    view.activate()
+    start = time.monotonic()
+    while not any(" · step " in t for t in titles) and time.monotonic() - start < 60:
+        time.sleep(0.02)
+    view.deactivate()
+    time.sleep(0.3)  # let the job reach its next step and stop there
+    held = len(titles)
+    time.sleep(1.0)
+    assert len(titles) == held and view.runner.paused and not view.wait(0.2)  # no step while away
+    view.activate()
+    assert view.wait(60) and view.runner.completed == 1 and len(view.result.history) == 400  # went on to the end
+    view.deactivate()
+    view.unit.value = 4  # while away: deferred, nothing runs
+    view.activate()
+    view.deactivate()  # the catch-up job pauses at once
+    view.close()  # and close() still ends it
+    assert view.runner.closed and view.runner._thread is None
+
+
 def test_dream_stop_keeps_the_image_dreamed_so_far(shapes):
     from cnnlens.widgets import DreamView
 

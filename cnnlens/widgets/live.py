@@ -9,7 +9,9 @@ the last good image stays) and never reach the kernel, which stays usable.
 The worker thread ("cnnlens-live") exists only while there is work: it ends
 as soon as no job is pending, so an idle view holds no thread and no job (nor
 the model a job's closure refers to). ``close()`` cancels the running job,
-waits for the thread and refuses new work.
+waits for the thread and refuses new work. ``pause()`` holds the running job at
+its next progress report (a Lens tab left: the tab in view gets the CPU) until
+``resume()``; a newer job, Stop or ``close()`` still cancels it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ SHOW_PROGRESS_AFTER = 0.15  # seconds before a job shows its progress bar and St
 PARTIAL_EVERY = 0.1  # seconds between two partial results of one job (fewer messages, the page keeps up)
 THREAD_NAME = "cnnlens-live"  # the worker; its progress timers are named "cnnlens-progress"
 CLOSE_TIMEOUT = 10.0  # seconds close() waits for a running job to notice its cancellation
+PAUSE_POLL = 0.1  # seconds between two looks at a paused job's cancellation
 
 Compute = Callable[[Callable[[int, int], None], CancelToken, Callable[[Any], None]], Any]
 
@@ -52,6 +55,8 @@ class LiveRunner:
         self._busy = False
         self._thread: threading.Thread | None = None
         self.closed = False
+        self._go = threading.Event()  # cleared while paused
+        self._go.set()
         self.completed = 0
         self.last_error: str | None = None
         for panel in self.panels:
@@ -70,6 +75,17 @@ class LiveRunner:
                 self._thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)
                 self._thread.start()
             self._lock.notify_all()
+
+    def pause(self) -> None:
+        """Hold the running job (and later ones) at their next progress report, until :meth:`resume`."""
+        self._go.clear()
+
+    def resume(self) -> None:
+        self._go.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._go.is_set()
 
     def stop(self) -> None:
         """Cancel the running job (the Stop button)."""
@@ -142,6 +158,8 @@ class LiveRunner:
                     panel.running(fraction)
 
         def progress(done: int, total: int) -> None:
+            while not self._go.is_set() and not token.cancelled:  # paused: wait, still cancellable
+                self._go.wait(PAUSE_POLL)
             now = time.monotonic()
             if job.shown and (now - last[0] > 0.05 or done == total):  # at most 20 updates a second
                 last[0] = now

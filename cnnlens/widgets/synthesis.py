@@ -79,6 +79,16 @@ class SynthesisView(Deferred, View):
         self.saved = b""  # the bytes of the last "save PNG"
         super().__init__(model, images, panels, controls, index)
 
+    def activate(self) -> None:
+        """Compute from now on: a job paused when the tab was left goes on where it was."""
+        self.runner.resume()
+        super().activate()
+
+    def deactivate(self) -> None:
+        """The tab was left: its running job pauses at its next step (the tab in view gets the CPU)."""
+        super().deactivate()
+        self.runner.pause()
+
     def image_changed(self) -> None:
         if self.uses_image:
             self.request()
