@@ -457,7 +457,17 @@ function render({ model, el: root }) {
   markerEvents.forEach((e) => model.on(e, markers));
   draw();
   showStatus();
+  // The kernel counts the views on a page: when the last is removed (output cleared) it stops the job.
+  const tell = (type) => {
+    try {
+      model.send({ type });
+    } catch (error) {
+      // the widget is closed already: nobody to tell
+    }
+  };
+  tell("attached");
   return () => {
+    tell("detached");
     model.off("msg:custom", onMessage);
     events.forEach((e) => model.off(e, schedule));
     newData.forEach((e) => model.off(e, markStale));

@@ -57,6 +57,24 @@ def test_show_displays_in_a_plain_script():
     assert "figures [1]" in out.stdout
 
 
+def test_figures_are_pictures_in_a_notebook_and_show_displays_once(tmp_path):
+    """A cell ending with ``.figure()`` shows a PNG (a bare matplotlib Figure needs a formatter that only
+    ``%matplotlib inline`` or pyplot would register: it printed ``<Figure size …>``); ``.show()`` shows one."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in (
+        "import cnnlens as cl\nmodel, data = cl.zoo.shapes()\ne = cl.gradcam(model, data.images[0])\ne.figure()",
+        "e.show(data.images[0])",
+        "cl.visualize(model, 'star', steps=2).figure()",
+    )])
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+                   ).execute()
+    for cell in notebook.cells:
+        pictures = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert len(pictures) == 1, cell.outputs
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 def test_a_model_in_another_dtype_gets_synthesis_dreams_and_lime(dtype):
     """Feature visualization fed its float32 image to a float64 or bfloat16 model (a dtype error); DeepDream's

@@ -194,6 +194,56 @@ def test_compare_mode_shows_each_method_and_an_error_only_where_one_fails(shapes
     assert not view.display[2].value and view.display[0].value == "magma"  # Grad-CAM's own display again
 
 
+def test_attribution_draws_occlusion_as_importance_and_compares_at_a_robust_scale(shapes):
+    """Occlusion's ``map`` is the probability left with the mask there (low where hiding hurts): drawn as it
+    is beside saliency and Grad-CAM its colours ran the other way. Every map is drawn as "matters more is
+    higher" (its drop map), and compared maps are divided by their 99.5% level, not their one largest value."""
+    from cnnlens.dataset.metrics import importance
+
+    model, data = shapes
+    view = AttributionView(model, data)
+    view.index.value = 5
+    view.method.value = "occlusion"
+    assert view.wait(120)
+    shown = np.frombuffer(view.panel.heat, np.float32)
+    expected = cl.occlusion(model, data.images[5], **{c.name: c.default for c in cl.METHODS["occlusion"].controls})
+    drop = importance(expected)
+    assert np.allclose(shown, drop.flatten().numpy(), atol=1e-5) and not np.allclose(shown, expected.map.flatten())
+    view.compare.value = ("saliency", "occlusion")
+    assert view.wait(120)
+    saliency = np.frombuffer(view.compare_panels[0].heat, np.float32)
+    assert np.quantile(np.abs(saliency), 0.995) == pytest.approx(1.0, abs=0.02) and np.abs(saliency).max() <= 1.0
+    view.close()
+
+
+def test_the_target_follows_the_prediction_as_the_weights_move_unless_the_user_chose_one():
+    """Attached to a model in training, the view refreshed after each epoch: its target list (with its
+    probabilities) is recomputed when the weights moved, and the target follows the new prediction unless the
+    user picked one for this image."""
+    torch.manual_seed(0)
+    model = cl.zoo.ShapesNet().eval()
+    _, data = cl.zoo.shapes(8)
+    view = AttributionView(model, data)
+    assert view.wait(60)
+    first = list(view.target.options)
+    with torch.no_grad():
+        model.fc.bias += torch.arange(8.0) * 10  # an optimizer step, in place: class 7 predicted now
+    view.refresh()
+    assert view.wait(60) and view.target.value == 7 and list(view.target.options) != first
+    assert view.target.options[0][0].startswith(f"{data.classes[7]} (")  # predicted first, with its probability
+    view.target.value = 2  # the user's choice
+    assert view.wait(60)
+    with torch.no_grad():
+        model.fc.bias -= torch.arange(8.0) * 10
+    view.refresh()
+    assert view.wait(60) and view.target.value == 2  # kept while the weights move
+    view.index.value = 1  # another image: the predicted class again
+    with torch.no_grad():
+        predicted = int(model(data.images[1][None]).argmax())
+    assert view.wait(60) and view.target.value == predicted
+    view.close()
+
+
 def test_compare_keeps_its_selection_to_the_panels_it_has(shapes):
     model, data = shapes
     view = AttributionView(model, data)

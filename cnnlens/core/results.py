@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from .figures import new_figure, show_figure
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -46,8 +48,6 @@ class Explanation:
     def figure(self, image: Any = None, cmap: str = "magma", alpha: float = 0.55, *, figure: Any = None):
         """A matplotlib figure of the map, over ``image`` when given (a tensor, numpy array, PIL image or
         path, one per map for a batch). Imports matplotlib lazily; draws into ``figure`` when given."""
-        import matplotlib.figure
-
         from .images import to_batch
 
         maps = self.map if self.map.dim() == 3 else self.map[None]
@@ -57,7 +57,7 @@ class Explanation:
                               argument="image").x
             if len(images) != len(maps):
                 raise ValueError(f"image: {len(images)} image(s) for {len(maps)} map(s).")
-        fig = figure if figure is not None else matplotlib.figure.Figure()
+        fig = new_figure(figure)
         fig.set_size_inches(3 * len(maps), 3)
         for i, m in enumerate(maps):
             ax = fig.add_subplot(1, len(maps), i + 1)
@@ -69,25 +69,9 @@ class Explanation:
             ax.axis("off")
         return fig
 
-    def show(self, image: Any = None, **kwargs: Any):
-        """Display the figure: inline in a notebook, in a window (``pyplot.show``) in a plain script."""
-        try:
-            from IPython import get_ipython
-
-            shell = get_ipython()
-        except ImportError:
-            shell = None
-        if shell is not None and "IPKernelApp" in getattr(shell, "config", {}):
-            from IPython.display import display
-
-            fig = self.figure(image, **kwargs)
-            display(fig)
-            return fig
-        import matplotlib.pyplot as plt
-
-        fig = self.figure(image, figure=plt.figure(), **kwargs)
-        plt.show()
-        return fig
+    def show(self, image: Any = None, **kwargs: Any) -> None:
+        """Display :meth:`figure`: inline in a notebook, in a window (``pyplot.show``) in a plain script."""
+        show_figure(lambda figure: self.figure(image, figure=figure, **kwargs))
 
 
 @dataclass
@@ -108,21 +92,21 @@ class Synthesis:
     params: dict[str, Any]
     confidence: torch.Tensor | None = None
 
-    def figure(self, columns: int = 8):
-        """A matplotlib figure with every image and its target (and confidence). Imports matplotlib lazily."""
-        import matplotlib.figure
-
+    def figure(self, columns: int = 4, *, figure: Any = None):
+        """A matplotlib figure with every image and its target (and confidence), ``columns`` per row (four keep
+        the titles readable in a notebook's width). Imports matplotlib lazily."""
         if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
             raise ValueError(f"columns must be an int ≥ 1, got {columns!r}.")
         n = len(self.images)
         cols = min(columns, n)
         rows = -(-n // cols)
-        fig = matplotlib.figure.Figure(figsize=(2 * cols, 2.2 * rows))
+        fig = new_figure(figure)
+        fig.set_size_inches(2 * cols, 2.3 * rows)
         for i, image in enumerate(self.images):
             ax = fig.add_subplot(rows, cols, i + 1)
             img = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
             ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
             title = self.target[i] + (f" · {float(self.confidence[i]):.0%}" if self.confidence is not None else "")
-            ax.set_title(title, fontsize=7)
+            ax.set_title(title, fontsize=8)
             ax.axis("off")
         return fig

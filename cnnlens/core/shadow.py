@@ -483,6 +483,11 @@ def _versions(params: list[torch.Tensor]) -> tuple[int, ...]:
     return tuple(p._version for p in params)
 
 
+def weight_versions(model: nn.Module) -> tuple[int, ...]:
+    """The version counters of ``model``'s parameters: they change when an optimizer steps (in place)."""
+    return _versions(list(model.parameters()))
+
+
 _CACHE: weakref.WeakKeyDictionary[nn.Module, _Entry] = weakref.WeakKeyDictionary()
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from ..core.figures import new_figure
 from ..core.images import map_ssim
 from ..core.model import configure, spec_of
 from ..core.progress import Steps
@@ -89,9 +90,7 @@ class SanityCheck:
 
     def figure(self, *, figure: Any = None):
         """Spearman (both kinds) and SSIM per randomized layer. Imports matplotlib lazily."""
-        import matplotlib.figure
-
-        fig = figure if figure is not None else matplotlib.figure.Figure(figsize=(4.5, 2.6))
+        fig = new_figure(figure, figsize=(4.5, 2.6))
         self.plot(fig.add_subplot(1, 1, 1))
         fig.tight_layout()
         return fig

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..core.data import batches, count, split_item, warn_if_renumbered
+from ..core.figures import new_figure, show_figure
 from ..core.hooks import tensor_output_hooks
 from ..core.model import LayerInfo, spec_of, unwrap
 from ..core.progress import CancelToken, ProgressFn, Steps
@@ -96,14 +97,12 @@ class Embedding:
     def figure(self, color: str = "labels", *, figure: Any = None):
         """A matplotlib scatter of the points coloured by ``color`` ("labels" or "predictions"), with a legend.
         Imports matplotlib lazily; draws into ``figure`` when given."""
-        import matplotlib.figure
-
         from ..core.display import label_colors
 
         if color not in ("labels", "predictions"):
             raise ValueError(f"color must be 'labels' or 'predictions', got {color!r}.")
         values = getattr(self, color)
-        fig = figure if figure is not None else matplotlib.figure.Figure(figsize=(5, 4.5))
+        fig = new_figure(figure, figsize=(5, 4.5))
         ax = fig.add_subplot(1, 1, 1)
         palette = label_colors(max(len(self.classes or ()), int(values.max()) + 1, 1)) / 255
         for value in torch.unique(values).tolist():
@@ -116,25 +115,9 @@ class Embedding:
         ax.legend(fontsize=7, markerscale=2, loc="best")
         return fig
 
-    def show(self, color: str = "labels"):
+    def show(self, color: str = "labels") -> None:
         """Display :meth:`figure`: inline in a notebook, in a window in a plain script."""
-        try:
-            from IPython import get_ipython
-
-            shell = get_ipython()
-        except ImportError:
-            shell = None
-        if shell is not None and "IPKernelApp" in getattr(shell, "config", {}):
-            from IPython.display import display
-
-            fig = self.figure(color)
-            display(fig)
-            return fig
-        import matplotlib.pyplot as plt
-
-        fig = self.figure(color, figure=plt.figure())
-        plt.show()
-        return fig
+        show_figure(lambda figure: self.figure(color, figure=figure))
 
     def class_name(self, index: int) -> str:
         return self.classes[index] if self.classes is not None and 0 <= index < len(self.classes) else str(index)

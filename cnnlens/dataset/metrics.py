@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.figures import new_figure
 from ..core.hooks import capture
 from ..core.images import resize_map
 from ..core.objectives import Context, Logit, Objective, class_probabilities
@@ -51,9 +52,7 @@ class Curve:
 
     def figure(self, *, figure: Any = None):
         """A matplotlib figure of the curve(s), with the area in the title. Imports matplotlib lazily."""
-        import matplotlib.figure
-
-        fig = figure if figure is not None else matplotlib.figure.Figure(figsize=(3.2, 2.4))
+        fig = new_figure(figure, figsize=(3.2, 2.4))
         self.plot(fig.add_subplot(1, 1, 1))
         fig.tight_layout()
         return fig

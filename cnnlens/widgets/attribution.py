@@ -8,6 +8,7 @@ from typing import Any
 import ipywidgets as W
 import torch
 
+from ..dataset.metrics import importance
 from ..explain.registry import METHODS, MethodInfo
 from .base import Images, View, close_widgets, spatial_layers
 from .controls import control_widget, display_controls, link_display
@@ -82,7 +83,7 @@ class AttributionView(View):
         if info.has_layer:
             options["layer"] = self.layer.value
         index = self.index.value
-        target = self.target.value if self._targets_for == index else None
+        target = self.target.value if self._targets_for is not None and self._targets_for[0] == index else None
         return self.model, self.images, index, info, target, options
 
     # --- control plumbing ---------------------------------------------------------------------
@@ -159,19 +160,21 @@ class AttributionView(View):
         if mode == "single":
             label = next((text for text, v in self.target.options if v == target), str(target))
             self.panel.layout.display = None
-            self.panel.show(image, value.map, title=f"{chosen.label} · {label}", vmax=0.0)
+            self.panel.show(image, importance(value), title=f"{chosen.label} · {label}", vmax=0.0)
             for panel in self.compare_panels:
                 panel.layout.display = "none"
             return
         self.panel.layout.display = "none"  # the compared methods replace the single result
-        # methods have different units: each map is divided by its largest |value|, then all share one scale
+        # methods have different units: each map is divided by its 99.5% level of |value| (its largest would let
+        # one extreme pixel darken the rest), then all share one scale; higher is "matters more" in every one
         for panel, (info, result) in zip(self.compare_panels, value):
             panel.layout.display = None
             if isinstance(result, tuple):
                 panel.title = info.label
                 panel.fail(*result)
                 continue
-            peak = float(result.map.abs().max()) or 1.0
-            panel.show(image, result.map / peak, title=f"{info.label} (÷ {peak:.3g})", vmax=1.0)
+            shown = importance(result).float()
+            peak = float(torch.quantile(shown.abs().flatten(), 0.995)) or float(shown.abs().max()) or 1.0
+            panel.show(image, (shown / peak).clamp(-1, 1), title=f"{info.label} (÷ {peak:.3g})", vmax=1.0)
         for panel in self.compare_panels[len(value):]:
             panel.layout.display = "none"

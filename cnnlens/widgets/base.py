@@ -12,6 +12,7 @@ import torch
 
 from ..core.data import is_one_image, split_item
 from ..core.session import look
+from ..core.shadow import weight_versions
 from .controls import target_options
 from .live import LiveRunner
 from .panel import Panel
@@ -85,13 +86,17 @@ class View(W.VBox):
         self._watching: list[tuple[W.Widget, Any, str]] = []
         self._links: list[W.Widget] = getattr(self, "_links", [])
         self._hush: set[int] = set()  # ids of widgets being set by the view itself: their observers stay quiet
-        self._targets_for: int | None = None  # the image the target dropdown's options were computed for
+        self._targets_for: tuple | None = None  # (image, weight versions) the target options were computed for
+        self._target_chosen = False  # the user picked the target for this image (else: the predicted class)
         self.model = model
         self.images = images if isinstance(images, Images) else Images(images, model)
         self._own_index = index is None
         self.index = index or W.IntSlider(value=0, min=0, max=len(self.images) - 1, description="image")
         self.panels = list(panels)
         self.runner = LiveRunner(self.panels)
+        self._rerun_when_shown = False  # a job was stopped because nothing of the view was on a page any more
+        for panel in self.panels:
+            panel.on_attach(self._attach_changed)
         self.controls = W.HBox(list(controls), layout=W.Layout(flex_flow="row wrap"))
         self.watch(self.index, lambda _: self.image_changed())
         own = [self.index] if self._own_index else []
@@ -108,6 +113,20 @@ class View(W.VBox):
     @property
     def closed(self) -> bool:
         return self.__dict__.get("_closed", True)
+
+    def _attach_changed(self, kind: str) -> None:
+        """The browser made or removed a view of one of the panels. When the last one goes (the cell's output
+        was cleared, the notebook closed) the running job is stopped: nobody sees it, and it would hold the
+        CPU; when the view is shown again, that job runs again."""
+        if self.closed:
+            return
+        if kind == "detached" and not any(panel.attached for panel in self.panels):
+            if self.runner.working:
+                self._rerun_when_shown = True
+                self.runner.stop()
+        elif kind == "attached" and self._rerun_when_shown:
+            self._rerun_when_shown = False
+            self.request()
 
     def close(self) -> None:
         """Stop the worker and its timers, cancel the running job, close every widget of the view, drop the model.
@@ -198,15 +217,21 @@ class View(W.VBox):
     def submit_targeted(self, target: W.Dropdown, job: Any, draw: Any, keep_target: Any = None) -> None:
         """Submit ``job(target, image, progress, cancel, partial)``; publish with ``draw(target, result)``.
 
-        When the dropdown was not yet filled for this image, the job first runs one forward in the worker
-        for the image's class probabilities; publishing then fills ``target`` (predicted class first)
-        without a recompute. The target is the predicted class, or ``keep_target`` when the user chose one.
+        When the dropdown was not yet filled for this image, or the weights moved since (a model in
+        training), the job first runs one forward in the worker for the image's class probabilities;
+        publishing then fills ``target`` (predicted class first) without a recompute. The target is the
+        predicted class, or the class the user chose for this image (``keep_target``: chosen now).
         """
         self._check_open()
         index = self.index.value
         image, _ = self.image
-        stale = self._targets_for != index
-        chosen = keep_target if keep_target is not None else (None if stale else target.value)
+        stamp = (index, weight_versions(self.model))
+        new_image = self._targets_for is None or self._targets_for[0] != index
+        stale = self._targets_for != stamp
+        if keep_target is not None or new_image:
+            self._target_chosen = keep_target is not None
+        kept = not new_image and (self._target_chosen or not stale)
+        chosen = keep_target if keep_target is not None else (target.value if kept else None)
 
         def compute(progress, cancel, partial):
             options = predicted = None
@@ -224,7 +249,7 @@ class View(W.VBox):
             with self.hushed(target):
                 if options is not None:
                     target.options = options
-                    self._targets_for = index
+                    self._targets_for = stamp
                 if target.value != value:  # the dropdown shows what was computed
                     target.value = value
             draw(value, result)

@@ -87,6 +87,12 @@ class LiveRunner:
     def paused(self) -> bool:
         return not self._go.is_set()
 
+    @property
+    def working(self) -> bool:
+        """A job is running or waiting to run."""
+        with self._lock:
+            return self._busy or self._pending is not None
+
     def stop(self) -> None:
         """Cancel the running job (the Stop button)."""
         with self._lock:

@@ -92,12 +92,24 @@ class Panel(anywidget.AnyWidget):
         self.next_compute_ms = 0.0  # set by the live runner; sent with the next result
         self.next_partial = False  # set by the live runner: whether the next result is a streamed partial
         self._stop_handlers: list = []
+        self.attached = 0  # the browser's views of this panel on a page now (each says so when made and removed)
+        self._attach_handlers: list = []
         self.on_msg(self._message)
 
     def _message(self, _widget, content, _buffers) -> None:
-        if isinstance(content, dict) and content.get("type") == "stop":
+        kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "stop":
             for handler in list(self._stop_handlers):
                 handler()
+        elif kind in ("attached", "detached"):
+            self.attached = self.attached + 1 if kind == "attached" else max(0, self.attached - 1)
+            for handler in list(self._attach_handlers):
+                handler(kind)
+
+    def on_attach(self, handler) -> None:
+        """Call ``handler("attached" | "detached")`` when a view of this panel is made or removed in the browser
+        (a cell's output cleared removes them all; displaying the widget again makes new ones)."""
+        self._attach_handlers.append(handler)
 
     def on_stop(self, handler) -> None:
         """Call ``handler()`` when the user presses this panel's Stop button."""
@@ -110,6 +122,7 @@ class Panel(anywidget.AnyWidget):
 
     def close(self) -> None:
         self._stop_handlers = []
+        self._attach_handlers = []
         super().close()
 
     # --- data ---------------------------------------------------------------------------------

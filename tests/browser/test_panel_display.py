@@ -45,3 +45,32 @@ def test_markers_titles_and_sizes(open_notebook):
     ratio = wide_canvas.evaluate("c => { const b = c.getBoundingClientRect(); return b.width / b.height; }")
     assert abs(ratio - 1) < 0.02, ratio  # shrunk into the window, still square
     notebook.screenshot("panel_display_narrow")
+
+
+LONG_JOB = """
+import cnnlens as cl
+from cnnlens.widgets import FeaturesView
+model, data = cl.zoo.shapes()
+view = FeaturesView(model, data, layer="stage2", unit=3, steps=100000, size=48, neighbours=0)
+view
+"""
+
+
+def test_clearing_the_output_stops_the_job_and_showing_the_view_again_reruns_it(open_notebook):
+    notebook = open_notebook("cleared_output.ipynb", [LONG_JOB])
+    page = notebook.page
+    panel = page.locator(".cnnlens-panel").first
+    page.wait_for_function("el => el.dataset.status === 'running'", arg=panel.element_handle(), timeout=60_000)
+    page.evaluate("""async () => {
+        const app = window.jupyterapp;
+        app.shell.currentWidget.content.activeCellIndex = 0;
+        await app.commands.execute('notebook:clear-cell-output');
+    }""")
+    out = notebook.run_code("print('STOPPED', view.runner.wait(30), view.runner.working, view._rerun_when_shown)",
+                            "STOPPED")
+    assert "STOPPED True False True" in out  # nothing of the view on the page: its job stopped, to run again
+    notebook.run_code("view", "")  # shown again: the job runs again
+    panel = page.locator(".cnnlens-panel").last
+    page.wait_for_function("el => el.dataset.status === 'running'", arg=panel.element_handle(), timeout=60_000)
+    out = notebook.run_code("print('AGAIN', view.runner.working)\nview.close()", "AGAIN")
+    assert "AGAIN True" in out
