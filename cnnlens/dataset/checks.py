@@ -104,8 +104,10 @@ class SanityCheck:
                                      (self.spearman_abs, "Spearman |·|", dict(lw=1.2, ls="--", marker="o", ms=2.5)),
                                      (self.ssim, "SSIM", dict(lw=1.2, marker="s", ms=3))):
             ax.plot(steps, values.numpy(), label=label, **style)
-        ax.axhline(self.threshold, color="gray", lw=0.8, ls="--")
+        ax.axhline(self.threshold, color="gray", lw=0.8, ls="--", label=f"pass below {self.threshold:g}")
         ax.set_xticks(list(steps), self.layers, rotation=60, ha="right", fontsize=7)
+        ax.set_xlabel("randomized down to this layer" if self.mode == "cascading" else "the one layer randomized",
+                      fontsize=7)
         ax.set_ylim(-1.05, 1.05)
         ax.legend(fontsize=7)
         verdict = "passes" if self.passes else "fails"

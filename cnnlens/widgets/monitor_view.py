@@ -141,7 +141,7 @@ class MonitorView(W.VBox):
                     "in the training loop (or monitor.record() now).")
         last = m.records[-1]
         return (f"{len(m.records)} records (every {m.every} step() calls), last at step {last.step}, "
-                f"{last.seconds * 1000:.0f} ms each; {len(m.units)} units over {len(m.probe)} probe images")
+                f"the last took {last.seconds * 1000:.0f} ms; {len(m.units)} units over {len(m.probe)} probe images")
 
     def _recorded(self, _monitor: Monitor, outcome: Record | Exception) -> None:
         if isinstance(outcome, Exception):
