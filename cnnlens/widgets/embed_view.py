@@ -161,9 +161,9 @@ class EmbeddingView(SynthesisView):
         elif state == "stopped":
             title += " · stopped"
         if knn is not None:
-            title += f" · {knn[1]}-NN accuracy {knn[0]:.0%}"
+            title += f" · {knn[1]}-NN accuracy {knn[0]:.1%}"
         if known.any() and bool((embedding.predictions[known] >= 0).all()):
-            title += f" (model {float((embedding.predictions[known] == embedding.labels[known]).float().mean()):.0%})"
+            title += f" (model {float((embedding.predictions[known] == embedding.labels[known]).float().mean()):.1%})"
         top = int(max(embedding.labels.max(), embedding.predictions.max())) + 1
         names = class_names(self.model, max(top, len(embedding.classes or ())))
         with self.hushed(self.panel):
