@@ -82,9 +82,13 @@ def test_top_images_are_the_scans_top_and_bottom_lists_in_order(shapes, scanned)
     view.unit.value = 7
     assert view.wait(60)
     assert view.hits == scanned.bottom("stage3", 7) != scanned.bottom("stage3", 5)
+    assert "a tie" not in view.projections.title
 
+    view.layer.value, view.unit.value = "stage4", 36  # silent on more than 9 images: its lowest are ties at 0
+    assert view.wait(60) and {h.value for h in view.hits} == {0.0}
+    assert "all 0: a tie, the first images by index" in view.projections.title  # said, not left to look chosen
     view.which.value = "top"
-    view.layer.value = "stage4"
+    view.unit.value = 7
     assert view.wait(60)
     assert view.unit.max == 127 and view.hits == scanned.top("stage4", 7)
     view.close()

@@ -380,10 +380,14 @@ class TopImagesView(_ScanView):
                 grid.layout.display = None if hits else "none"
             if not hits:
                 return
+            # a rectified unit silent on many images: its lowest are ties at 0, the first images by index, at
+            # position (0, 0) — say so rather than let the patches look chosen
+            tied = which == "bottom" and all(h.value == hits[0].value for h in hits)
+            ties = f" · all {hits[0].value:.3g}: a tie, the first images by index" if tied else ""
             with self.hushed(self.projections, self.patches):
                 for grid, tiles, title in (
                         (self.projections, projections,
-                         f"{layer}:{unit} · DeconvNet projections of its {len(hits)} {order} activations"),
+                         f"{layer}:{unit} · DeconvNet projections of its {len(hits)} {order} activations{ties}"),
                         (self.patches, patches,
                          f"the image patches ({box} px field) · of {result.count} images · click to pick one")):
                     grid.tile_names = names
