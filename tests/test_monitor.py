@@ -6,6 +6,7 @@ import copy
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -233,6 +234,27 @@ def test_a_diverged_model_is_reported_not_recorded(shapes):
     assert monitor.records == []
 
 
+def test_view_shows_the_filters_change_on_one_scale(shapes):
+    """Each filter scaled to its own range looks alike from step to step while training moves it: below the
+    filters, their change since the first record on one shared scale (gray: none)."""
+    model, data = shapes
+    moved = copy.deepcopy(model)
+    monitor = cl.monitor(moved, UNITS[:1], data.images[:4])
+    view = MonitorView(monitor, columns=3)
+    monitor.step()
+    with torch.no_grad():
+        moved.stage1.conv1.weight[0] += 0.05  # one filter moves (as an optimizer step would, in place)
+    monitor.step()
+    count, h, w, channels = view.filters.shape
+    tiles = np.frombuffer(view.filters.heat, np.float32).reshape(count, channels, h, w)
+    first_change, last_change = tiles[2], tiles[3]  # row 2: the changes, step 1 then step 2
+    assert np.allclose(first_change[first_change != 1.0], 0.5)  # no change yet: all gray (white margins aside)
+    moved_pixels = np.isclose(last_change, 0.9)  # the moved filter, at the scale's end, short of white
+    assert moved_pixels.any() and np.allclose(last_change[~moved_pixels & (last_change != 1.0)], 0.5)
+    assert "change since step" in view.filters.title
+    view.close()
+
+
 def test_view_controls_and_layout(shapes):
     model, data = shapes
     monitor = cl.monitor(model, UNITS[:2], data.images[:8])
@@ -244,7 +266,7 @@ def test_view_controls_and_layout(shapes):
     panel = view.unit_panels[1]
     assert panel.shape == [6, 64, 64, 3] and panel.columns == 3  # projections over patches, 3 steps
     assert view.header.tile_names == view.header.captions == ["step 1", "step 3", "step 5"]
-    assert view.filters.shape == [3, 64, 64, 3]
+    assert view.filters.shape == [6, 64, 64, 3]  # the filters over their change since the first record
     sizes = {p.size for p in view.panels}
     assert len(sizes) == 1, "columns must line up across panels"
     view.show.value = "patch"

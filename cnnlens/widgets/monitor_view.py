@@ -64,12 +64,23 @@ def fit_tile(image: torch.Tensor, side: int = TILE) -> torch.Tensor:
 
 def filter_mosaic(filters: torch.Tensor, side: int = TILE) -> torch.Tensor:
     """K×C×kh×kw filters, each scaled to its own range, in a square mosaic on a white ``side`` tile."""
-    k = filters.shape[0]
-    g = math.ceil(math.sqrt(k))
-    cell = side // g
     flat = filters.flatten(1)
     low, high = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
-    shown = (filters - low) / (high - low).clamp(min=1e-12)
+    return _mosaic((filters - low) / (high - low).clamp(min=1e-12), side)
+
+
+def change_mosaic(change: torch.Tensor, scale: float, side: int = TILE) -> torch.Tensor:
+    """K×C×kh×kw changes of the filters, all on one ``scale`` (gray: no change; ±scale: 0.1 and 0.9, short of
+    the mosaic's white margins), in the mosaic of :func:`filter_mosaic`: each filter scaled to its own range looks
+    alike from step to step while training moves it, its change does not."""
+    return _mosaic((0.5 + 0.4 * change / scale).clamp(0.1, 0.9), side)
+
+
+def _mosaic(shown: torch.Tensor, side: int) -> torch.Tensor:
+    """K×C×kh×kw values in [0, 1] in a square mosaic on a white ``side`` tile."""
+    k = shown.shape[0]
+    g = math.ceil(math.sqrt(k))
+    cell = side // g
     tile = torch.ones(3, side, side)
     for i, f in enumerate(shown):
         big = F.interpolate(rgb(f)[None], size=(cell - 1, cell - 1), mode="nearest")[0]
@@ -181,9 +192,16 @@ class MonitorView(W.VBox):
             last = records[-1].units[k]
             draw(panel, torch.stack(tiles), n, names, f"{last.unit}: {' over '.join(rows)} · strongest "
                                                       f"activation {last.activation:.3g} (probe image {last.image})")
-        if self.filters is not None:
-            draw(self.filters, torch.stack([filter_mosaic(r.filters) for r in records]), n,
-                 [f"step {r.step} · {r.filters_layer}" for r in records], f"filters of {records[-1].filters_layer}")
+        if self.filters is not None:  # the filters over their change since the first record, on one scale
+            first = self.monitor.records[0]
+            changes = [r.filters - first.filters for r in records]
+            scale = max(float(c.abs().max()) for c in changes) or 1.0
+            tiles = [filter_mosaic(r.filters) for r in records] + [change_mosaic(c, scale) for c in changes]
+            names = [f"step {r.step} · {r.filters_layer}" for r in records] + \
+                [f"step {r.step} · change since step {first.step} (±{scale:.3g})" for r in records]
+            draw(self.filters, torch.stack(tiles), n, names,
+                 f"filters of {records[-1].filters_layer} over their change since step {first.step} "
+                 f"(gray: none, one scale ±{scale:.3g})")
 
     def close(self) -> None:
         """Stop following the monitor and close the view's widgets (closing twice is harmless)."""
