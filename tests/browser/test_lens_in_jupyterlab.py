@@ -123,8 +123,9 @@ def test_attribution_controls_change_the_drawing(demo: Notebook):
     choose(page, "hide", "mean")  # what hides a superpixel: another surrogate, another superpixel painted
     wait_redraw(page, panel, before, before_pixels)
     assert panel.evaluate(CANVAS) != before_pixels
-    choose(page, "hide", "gray")  # back to the view's default for the steps below
-    wait_redraw(page, panel, render_count(panel), panel.evaluate(CANVAS))
+    before_pixels, before = panel.evaluate(CANVAS), render_count(panel)  # (read before the change: its result
+    choose(page, "hide", "gray")  # may be drawn before a read after it) back to the view's default for the steps below
+    wait_redraw(page, panel, before, before_pixels)
     for method, slider, value in (("SmoothGrad", "noise", 0.35), ("Integrated Gradients", "steps", 6)):
         before = render_count(panel)
         choose(page, "method", method)
