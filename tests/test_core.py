@@ -344,9 +344,15 @@ def test_training_mid_run_is_unaffected_by_looking():
         assert torch.equal(plain[0][key], looked[0][key]), key
 
 
+# Scripted when the module is collected, before any test runs: once, in a clean-clone CI run, scripting here
+# after ~200 other tests failed inside torch's own Conv2d compilation ("builtin cannot be used as a value");
+# not reproduced since (see the stop's note)
+_SCRIPTED = torch.jit.script(cl.zoo.shapes_model())
+
+
 def test_torchscript_models_use_the_guarded_path(default):
     model, data = default
-    scripted = torch.jit.script(cl.zoo.shapes_model())
+    scripted = _SCRIPTED
     scripted.train()
     before = snapshot(scripted)
     x = data[0][0]
