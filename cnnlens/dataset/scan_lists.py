@@ -39,13 +39,14 @@ class Best:
         order = order_key(v, i).topk(self.values.shape[1], dim=1).indices
         return Best(v.gather(1, order), i.gather(1, order), e.gather(1, order))
 
-    def merged(self, rows: torch.Tensor, values: torch.Tensor, index: torch.Tensor, extra: torch.Tensor) -> Best:
-        """:meth:`add` for sparse candidates: ``rows`` (ascending) says which row each of ``values``/``index``/
-        ``extra`` competes in. Only rows with candidates are merged, each against as many columns as its
-        busiest row has candidates, so a batch in which few images can enter costs little."""
+    def merge_in(self, rows: torch.Tensor, values: torch.Tensor, index: torch.Tensor, extra: torch.Tensor) -> None:
+        """:meth:`add` for sparse candidates, in place: ``rows`` (ascending) says which row each of ``values``/
+        ``index``/``extra`` competes in. Only rows with candidates are merged, each against as many columns as
+        its busiest row has candidates, so a batch in which few images can enter costs little; the merged rows
+        are written back into this Best's tensors (a scan merges once per forward into tens of thousands of
+        rows: copying every row each time is avoidable work)."""
         counts = torch.bincount(rows, minlength=len(self.values))
         column = torch.arange(len(rows)) - (torch.cumsum(counts, 0) - counts)[rows]
-        best = self
         k = self.values.shape[1]
         # rows are merged in two groups by their number of candidates, so that a few rows with many (ties, as
         # a dead unit's zeros) do not widen every row's merge
@@ -60,10 +61,10 @@ class Best:
             v = torch.full(shape, -math.inf, dtype=torch.float64).index_put_(where, values[mine].to(torch.float64))
             i = torch.full(shape, -1, dtype=torch.int64).index_put_(where, index[mine])
             e = torch.full(shape, -1, dtype=torch.int64).index_put_(where, extra[mine])
-            part = Best(best.values[active], best.index[active], best.extra[active]).add(v, i, e)
-            best = Best(best.values.index_copy(0, active, part.values),
-                         best.index.index_copy(0, active, part.index), best.extra.index_copy(0, active, part.extra))
-        return best
+            part = Best(self.values[active], self.index[active], self.extra[active]).add(v, i, e)
+            self.values.index_copy_(0, active, part.values)
+            self.index.index_copy_(0, active, part.index)
+            self.extra.index_copy_(0, active, part.extra)
 
 
 LAST = 2**31 - 1  # the largest image index the order key holds

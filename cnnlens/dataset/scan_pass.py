@@ -73,8 +73,7 @@ class Lists:
         rows, images = torch.cat([top_rows, bottom_rows]), torch.cat([top_images, bottom_images])
         signed = torch.cat([tops[top_rows, top_images], -tops[bottom_rows, bottom_images]])
         offset = torch.cat([torch.zeros_like(top_rows), torch.full_like(bottom_rows, self.rows)])
-        self.best = self.best.merged((rows + offset).cpu(), signed.cpu(), index[images.cpu()],
-                                     where[rows, images].cpu())
+        self.best.merge_in((rows + offset).cpu(), signed.cpu(), index[images.cpu()], where[rows, images].cpu())
         self.threshold = self.best.values[:, -1].float().to(self.sign.device) * self.sign
         last = self.best.index[:, -1]  # an empty slot (index −1) loses every tie: any index may enter
         self.last_index = torch.where(last < 0, LAST + 1, last).to(self.sign.device)
