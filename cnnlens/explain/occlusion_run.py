@@ -22,7 +22,6 @@ from ..core.session import Session
 from .incremental import Incremental, padded_parts
 from .incremental_graph import graph_of, output_node_of
 from .position_grid import (
-    ESTIMATE_BOUND,
     ESTIMATE_MARGIN,
     ESTIMATE_SHARES,
     SHARE_MARGIN,
@@ -454,8 +453,7 @@ class OcclusionRun:
             reference[:, indices] = known
             found = smallest_share(reference, cut_order, sample, guess[:, sample] - exact, (len(ys), len(xs)), quality,
                                    ESTIMATE_SHARES if cut is not None else SHARES, spans,
-                                   ESTIMATE_MARGIN if cut is not None else SHARE_MARGIN,
-                                   ESTIMATE_BOUND if cut is not None else 0.0)
+                                   ESTIMATE_MARGIN if cut is not None else SHARE_MARGIN)
             if found is not None:
                 cost = min(math.ceil(found[0] * n), remaining)  # positions computed beyond the estimate
                 if best is None or cost < best[0]:

@@ -15,18 +15,18 @@ from ..core.images import map_ssim
 
 SHARES = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # drill-down shares a quality calibration tries, cheapest first
 SHARE_MARGIN = 0.5  # interpolation asks the expected SSIM for half of the quality's shortfall (for 0.9: 0.95). A
-# sharp feature between the coarse grid's positions that the sample misses too is invisible to the calibration:
-# measured on the default model's held-out images (60 images × drill 4 and 2, stride 2), the expectation is
-# within ±0.07 of the SSIM reached; with 0.95 asked, 1 map in ~100 ends below 0.9 (0.887)
-ESTIMATE_MARGIN = 0.8  # a first-order estimate sees every position and its errors' size is bounded from above
-# (ESTIMATE_BOUND), so it asks for 80% of the shortfall (0.92)
+# sharp feature between the coarse grid's positions that the sample misses too is invisible to the calibration
+ESTIMATE_MARGIN = 0.8  # a first-order estimate sees every position, so it asks for 80% of the shortfall (0.92)
 ESTIMATE_SHARES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)  # and is kept only where it stands in for most positions: past
 # a share of 0.3 too few sampled errors lie beyond the refined positions to vouch for it (the default model at
 # stride 1: 55 of 120 at 0.5, whose size fell 35% short and the map 0.03 short of 0.92)
-ESTIMATE_BOUND = 1.0  # and its errors' size per rank group is taken one standard error above the sample's mean
-# square: with the point estimate, the SSIM reached fell 0.02–0.03 short of the expectation on random
-# regnet_x_400mf, shufflenet_v2 and mobilenet_v2 and the default model at stride 1, and the cause was the size
-# alone (regnet: sampled RMS 17% under the true one, kurtosis 6; noise of the true RMS gave the SSIM reached)
+ERROR_BOUND = 1.0  # the errors' size per rank group is taken one standard error above the sample's mean square:
+# a sample's mean square of heavy-tailed errors falls short of the truth more often than not. With the point
+# estimate, first-order maps fell 0.02–0.03 short of their expectation (random regnet_x_400mf, shufflenet_v2,
+# mobilenet_v2, the default model at stride 1; regnet: sampled RMS 17% under the true one, kurtosis 6) and
+# interpolated maps up to 0.06 (the default model's last 60 held-out images at stride 2: 1 below 0.9, 0.896;
+# 10 random torchvision models × 3 images at 112 px: 1 of 30 below, mobilenet_v3_small at 0.895). With the
+# bound: none below 0.9 in either (lowest 0.911 and 0.940), at about 6% more time on the default model
 TRIALS = 4  # noise draws per estimate
 
 
@@ -40,7 +40,7 @@ def grid_ssim(a: Any, b: Any) -> float:
 
 def smallest_share(reference: torch.Tensor, order: torch.Tensor, sample: torch.Tensor, errors: torch.Tensor,
                    shape: tuple[int, int], quality: float, shares: tuple[float, ...], spans: torch.Tensor,
-                   margin: float = SHARE_MARGIN, bound: float = 0.0) -> tuple[float, float] | None:
+                   margin: float = SHARE_MARGIN, bound: float = ERROR_BOUND) -> tuple[float, float] | None:
     """The smallest of ``shares`` (of all positions, refined in ``order``) whose map is expected to reach the
     quality with part of its shortfall to spare (the expectation is noisy: it asks for 1 − ``margin`` × the
     shortfall), and that expected SSIM; None if none does. ``errors`` (B×len(sample)) are the estimate's errors
