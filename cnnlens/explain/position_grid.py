@@ -40,15 +40,15 @@ def grid_ssim(a: Any, b: Any) -> float:
 
 def smallest_share(reference: torch.Tensor, order: torch.Tensor, sample: torch.Tensor, errors: torch.Tensor,
                    shape: tuple[int, int], quality: float, shares: tuple[float, ...], spans: torch.Tensor,
-                   margin: float = SHARE_MARGIN, bound: float = ERROR_BOUND) -> tuple[float, float] | None:
+                   margin: float = SHARE_MARGIN) -> tuple[float, float] | None:
     """The smallest of ``shares`` (of all positions, refined in ``order``) whose map is expected to reach the
     quality with part of its shortfall to spare (the expectation is noisy: it asks for 1 − ``margin`` × the
     shortfall), and that expected SSIM; None if none does. ``errors`` (B×len(sample)) are the estimate's errors
     at the ``sample`` positions (computed exactly); the expected SSIM is that of the ``reference`` grid (the
-    estimated map) against itself plus noise of those errors' size at the positions left estimated
-    (:func:`noisy_ssim`, the worst image), on each image's ``spans`` (the range of its values computed exactly:
-    an estimate's outliers must not widen the range SSIM's constants are scaled by, which would make the same
-    noise look smaller)."""
+    estimated map) against itself plus noise of those errors' size (``ERROR_BOUND`` standard errors above their
+    mean square) at the positions left estimated (:func:`noisy_ssim`, the worst image), on each image's
+    ``spans`` (the range of its values computed exactly: an estimate's outliers must not widen the range SSIM's
+    constants are scaled by, which would make the same noise look smaller)."""
     n = shape[0] * shape[1]
     sampled = torch.zeros(n, dtype=torch.bool)
     sampled[sample] = True
@@ -62,7 +62,7 @@ def smallest_share(reference: torch.Tensor, order: torch.Tensor, sample: torch.T
         beyond = rank[sample] > last  # sampled positions the drill-down would have left estimated
         score = 1.0 if len(left) == 0 else min(
             noisy_ssim(reference[i].view(shape), left, rank, sample[beyond], errors[i][beyond], float(spans[i]),
-                       bound=bound)
+                       bound=ERROR_BOUND)
             for i in range(len(reference)))
         if score >= 1 - (1 - quality) * margin:
             return share, score
